@@ -1,0 +1,1 @@
+"""Kafka worker, compactor, metrics and the accumulator CLI."""

@@ -1,0 +1,1 @@
+"""Register engine client: models, migrations, psycopg client, errors."""
