@@ -1,0 +1,35 @@
+# Entry points; every target that runs code bootstraps first (scripts/bootstrap.sh is idempotent and fast).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap run test lint bench catalog clean distclean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap
+	$(VENV)/bin/accumulator demo
+
+test: bootstrap
+	$(PY) -m pytest -q
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: bootstrap
+	$(PY) -m bench
+
+# Regenerate tests/sql/expected_catalog.txt from a freshly migrated database; review the diff, commit.
+catalog: bootstrap
+	$(PY) -m pytest tests/sql/test_catalog.py --update-catalog
+
+# Build outputs and caches. Keeps .venv, .tools (downloads) and .accumulator (demo data).
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Everything `make run`/`make test` would re-create, including the demo's data.
+distclean: clean
+	rm -rf $(VENV) .tools .accumulator

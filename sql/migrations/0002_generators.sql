@@ -1,0 +1,287 @@
+-- 0002_generators: building blocks that turn a register definition into SQL text.
+-- Per-register functions are generated once (register_create / register_alter) with static
+-- SQL, so PL/pgSQL caches their plans; these helpers only run at generation time.
+
+-- format() each name into p_fmt (%1$I = quoted name, %2$s = 1-based position) and join.
+CREATE FUNCTION accum._list(p_names text[], p_fmt text, p_sep text DEFAULT ', ') RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(string_agg(format(p_fmt, n, i), p_sep ORDER BY i), '')
+    FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
+$$;
+
+-- dim_hash (SPEC §4.6): PostgreSQL's per-type extended hash functions (those of hash
+-- partitioning) chained through their seed. Immutable, blind to every session setting
+-- and to numeric display scale. p_ref formats a column reference from a name (%1$I).
+CREATE FUNCTION accum._hash_expr(p_names text[], p_types text[], p_ref text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_expr text := '0::bigint';
+    v_col text;
+    v_base text;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_names, 1), 0) LOOP
+        v_col := format(p_ref, p_names[i]);
+        v_base := (accum._parse_type(p_types[i]))[2];
+        v_expr := CASE v_base
+            WHEN 'smallint' THEN format('hashint2extended(%s, %s)', v_col, v_expr)
+            WHEN 'integer' THEN format('hashint4extended(%s, %s)', v_col, v_expr)
+            WHEN 'bigint' THEN format('hashint8extended(%s, %s)', v_col, v_expr)
+            WHEN 'numeric' THEN format('hash_numeric_extended(%s, %s)', v_col, v_expr)
+            WHEN 'text' THEN format('hashtextextended(%s, %s)', v_col, v_expr)
+            WHEN 'varchar' THEN format('hashtextextended((%s)::text, %s)', v_col, v_expr)
+            WHEN 'uuid' THEN format('uuid_hash_extended(%s, %s)', v_col, v_expr)
+            -- date is an int4 day count from 2000-01-01 internally, hashed as such
+            WHEN 'date' THEN format('hashint4extended((%s) - DATE ''2000-01-01'', %s)', v_col, v_expr)
+            WHEN 'boolean' THEN format('hashint4extended((%s)::integer, %s)', v_col, v_expr)
+        END;
+    END LOOP;
+    RETURN v_expr;
+END $$;
+
+-- SQL expression of an error record; p_loc and p_problem are SQL text expressions.
+CREATE FUNCTION accum._gen_err(p_state text, p_loc text, p_problem text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT format('ARRAY[%L, %s, %s, NULL]', p_state, p_loc, p_problem)
+$$;
+
+-- SQL expression: error text[] {sqlstate, location, problem, detail} for the JSON value p_j
+-- of a field of parsed type p_t (see _parse_type), or NULL when the value is valid.
+-- p_loc is an SQL text expression naming the field; p_role is 'dimension', 'resource',
+-- 'filter' or 'recorder'. The value must not be JSON null (callers check that first).
+CREATE FUNCTION accum._gen_value_check(p_t text[], p_j text, p_loc text, p_role text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_base text := p_t[2];
+    v_txt text := format('(%s #>> ''{}'')', p_j);
+    v_typ text := format('jsonb_typeof(%s)', p_j);
+    v_num text := format('(%s #>> ''{}'')::numeric', p_j);
+    v_show text := format('accum._jshow(%s)', p_j);
+    v_got text := format('jsonb_typeof(%s) || '' '' || accum._jshow(%s)', p_j, p_j);
+    v_scale_word text := CASE WHEN p_role = 'resource' THEN 'resource' ELSE 'dimension' END;
+    v_limits text[];
+    v_arms text := '';
+BEGIN
+    IF v_base IN ('smallint', 'integer', 'bigint', 'numeric') THEN
+        v_arms := ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN '
+                || accum._gen_err('22023', p_loc, '''expected a number or a decimal string, got '' || ' || v_got)
+            || ' WHEN ' || v_typ || ' = ''string'' AND ' || v_txt || ' ~* ''^\s*[+-]?(nan|inf|infinity)\s*$'' THEN '
+                || accum._gen_err('22023', p_loc, v_show || ' || '' is not allowed: NaN and Infinity are not numbers''')
+            || ' WHEN ' || v_typ || ' = ''string'' AND NOT (length(' || v_txt || ') <= 1100 AND ' || v_txt
+                || ' ~ ''^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,4})?$'') THEN '
+                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a decimal number''');
+        v_limits := CASE v_base
+            WHEN 'smallint' THEN ARRAY['-32768', '32767']
+            WHEN 'integer' THEN ARRAY['-2147483648', '2147483647']
+            WHEN 'bigint' THEN ARRAY['-9223372036854775808', '9223372036854775807']
+        END;
+        IF v_limits IS NOT NULL THEN
+            v_arms := v_arms
+                || ' WHEN ' || v_num || ' <> trunc(' || v_num || ') THEN '
+                    || accum._gen_err('22023', p_loc, v_show || ' || '' is not an integer''')
+                || ' WHEN ' || v_num || ' < ' || v_limits[1] || ' OR ' || v_num || ' > ' || v_limits[2] || ' THEN '
+                    || accum._gen_err('22003', p_loc, v_show || format(' || '' is out of range for %s''', p_t[1]));
+        ELSIF p_t[3] IS NOT NULL THEN
+            v_arms := v_arms
+                || ' WHEN round(' || v_num || ', ' || p_t[4] || ') <> ' || v_num || ' THEN '
+                    || accum._gen_err('22023', p_loc, v_show || ' || '' has '' || scale(trim_scale(' || v_num
+                        || format(')) || '' decimal places; the %s scale is %s''', v_scale_word, p_t[4]))
+                || ' WHEN abs(' || v_num || ') >= ' || power(10::numeric, p_t[3]::int - p_t[4]::int)::text || ' THEN '
+                    || accum._gen_err('22003', p_loc, v_show || format(' || '' has too many integer digits for %s''', p_t[1]));
+        END IF;
+    ELSIF v_base IN ('text', 'varchar') THEN
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
+                || accum._gen_err('22023', p_loc, '''expected a string, got '' || ' || v_got);
+        IF p_role = 'recorder' THEN
+            v_arms := v_arms || ' WHEN ' || v_txt || ' = '''' THEN ' || accum._gen_err('22023', p_loc, '''must not be empty''');
+        END IF;
+        v_arms := v_arms || ' WHEN octet_length(' || v_txt || ') > 1024 THEN '
+            || accum._gen_err('22001', p_loc, '''value is '' || octet_length(' || v_txt || ') || '' bytes; the limit is 1024''');
+        IF v_base = 'varchar' THEN
+            v_arms := v_arms || ' WHEN char_length(' || v_txt || ') > ' || p_t[3] || ' THEN '
+                || accum._gen_err('22001', p_loc, '''value is '' || char_length(' || v_txt
+                    || format(') || '' characters; the limit is %s''', p_t[3]));
+        END IF;
+    ELSIF v_base = 'uuid' THEN
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
+                || accum._gen_err('22023', p_loc, '''expected a uuid string, got '' || ' || v_got)
+            || ' WHEN ' || v_txt || ' !~ ''^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'' THEN '
+                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a uuid (8-4-4-4-12 hex digits)''');
+    ELSIF v_base = 'date' THEN
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
+                || accum._gen_err('22023', p_loc, '''expected a date string, got '' || ' || v_got)
+            || ' WHEN ' || v_txt || ' !~ ''^[0-9]{4}-[0-9]{2}-[0-9]{2}$'' THEN '
+                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a date (YYYY-MM-DD)''')
+            || ' WHEN NOT accum._valid_ymd(substr(' || v_txt || ', 1, 4)::int, substr(' || v_txt || ', 6, 2)::int, substr('
+                || v_txt || ', 9, 2)::int) THEN '
+                || accum._gen_err('22008', p_loc, v_show || ' || '' is not a valid date''');
+    ELSIF v_base = 'boolean' THEN
+        v_arms := ' WHEN ' || v_typ || ' <> ''boolean'' THEN '
+                || accum._gen_err('22023', p_loc, '''expected true or false, got '' || ' || v_got);
+    ELSE
+        RAISE EXCEPTION 'unsupported type %', p_t[1];
+    END IF;
+    IF v_arms = '' THEN
+        RETURN 'NULL::text[]';
+    END IF;
+    RETURN 'CASE' || v_arms || ' END';
+END $$;
+
+-- SQL expression converting a validated JSON value to its declared type.
+CREATE FUNCTION accum._gen_conv(p_t text[], p_j text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_t[2]
+        WHEN 'smallint' THEN format('(%s #>> ''{}'')::numeric::smallint', p_j)
+        WHEN 'integer' THEN format('(%s #>> ''{}'')::numeric::integer', p_j)
+        WHEN 'bigint' THEN format('(%s #>> ''{}'')::numeric::bigint', p_j)
+        WHEN 'numeric' THEN format('(%s #>> ''{}'')::numeric', p_j)
+        WHEN 'text' THEN format('(%s #>> ''{}'')', p_j)
+        WHEN 'varchar' THEN format('(%s #>> ''{}'')', p_j)
+        WHEN 'uuid' THEN format('(%s #>> ''{}'')::uuid', p_j)
+        WHEN 'date' THEN format('(%s #>> ''{}'')::date', p_j)
+        WHEN 'boolean' THEN format('(%s)::boolean', p_j)
+    END
+$$;
+
+-- The PostgreSQL type of a stored column for a parsed type.
+CREATE FUNCTION accum._col_type(p_t text[]) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_t[2] IN ('text', 'varchar') THEN p_t[1] || ' COLLATE "C"' ELSE p_t[1] END
+$$;
+
+-- SQL expression rendering a stored dimension value as JSON (SPEC §8).
+CREATE FUNCTION accum._gen_dim_json(p_t text[], p_col text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_t[2]
+        WHEN 'date' THEN format('to_jsonb(accum._date_text(%s))', p_col)
+        WHEN 'uuid' THEN format('to_jsonb((%s)::text)', p_col)
+        WHEN 'varchar' THEN format('to_jsonb((%s)::text)', p_col)
+        ELSE format('to_jsonb(%s)', p_col)
+    END
+$$;
+
+-- SQL expression rendering a summed resource (numeric) as JSON: numeric(p,s) with exactly
+-- s decimals, integer and plain numeric in shortest exact form.
+CREATE FUNCTION accum._gen_res_json(p_t text[], p_expr text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN p_t[2] = 'numeric' AND p_t[4] IS NOT NULL
+                THEN format('to_jsonb(round(coalesce(%s, 0), %s))', p_expr, p_t[4])
+                ELSE format('to_jsonb(trim_scale(coalesce(%s, 0)))', p_expr)
+    END
+$$;
+
+-- jsonb_build_object(...) of every resource from p_fmt-formatted expressions.
+CREATE FUNCTION accum._gen_res_object(p_names text[], p_types text[], p_fmt text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'jsonb_build_object(' || string_agg(
+        format('%L, %s', n, accum._gen_res_json(accum._parse_type(p_types[i]), format(p_fmt, n))), ', ' ORDER BY i)
+        || ')'
+    FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
+$$;
+
+CREATE FUNCTION accum._gen_dim_object(p_names text[], p_types text[], p_fmt text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'jsonb_build_object(' || string_agg(
+        format('%L, %s', n, accum._gen_dim_json(accum._parse_type(p_types[i]), format(p_fmt, n))), ', ' ORDER BY i)
+        || ')'
+    FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
+$$;
+
+-- SQL expression checking one movement object p_m (an SQL expression of type jsonb)
+-- located at p_loc (an SQL text expression). p_recorder_mode:
+--   'required'  the movement must carry "recorder" (register_post)
+--   'optional'  it may carry it; then it must equal the SQL text expression p_recorder
+-- Returns NULL for a valid movement, else the first error text[].
+CREATE FUNCTION accum._gen_movement_check(p_reg accum._registers, p_m text, p_loc text,
+                                          p_recorder_mode text, p_recorder text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_names text[] := ARRAY['recorder', 'period'] || p_reg.dim_names || p_reg.res_names;
+    v_required text[] := CASE WHEN p_recorder_mode = 'required' THEN ARRAY['recorder'] ELSE '{}' END
+                         || ARRAY['period'] || p_reg.dim_names || p_reg.res_names;
+    v_checks text[] := '{}';
+    v_j text;
+    v_floc text;
+    v_rec_t text[] := accum._parse_type(p_reg.recorder_type);
+    v_min timestamptz := make_timestamp(1, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
+    v_max timestamptz := make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
+    v_bytes text[] := '{}';
+    v_fixed integer := 0;
+    v_t text[];
+BEGIN
+    IF p_reg.recorder_type = 'bigint' THEN
+        v_rec_t := ARRAY['bigint', 'bigint', NULL, NULL];
+    END IF;
+    -- recorder
+    v_j := format('(%s)->''recorder''', p_m);
+    v_floc := format('%s || ''.recorder''', p_loc);
+    IF p_recorder_mode = 'required' THEN
+        v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
+            v_j, v_floc, accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'));
+    ELSE
+        v_checks := v_checks || format(
+            'CASE WHEN NOT (%1$s) ? ''recorder'' THEN NULL WHEN jsonb_typeof(%2$s) = ''null'' THEN ARRAY[''22004'', %3$s, ''null is not allowed'', NULL] '
+            || 'ELSE coalesce(%4$s, CASE WHEN (%5$s)::text IS DISTINCT FROM %6$s THEN ARRAY[''22023'', %3$s, ''recorder '' || accum._jshow(%2$s) || '' does not match the command recorder'', NULL] END) END',
+            p_m, v_j, v_floc, accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'),
+            accum._gen_conv(v_rec_t, v_j), p_recorder);
+    END IF;
+    -- period
+    v_j := format('(%s)->''period''', p_m);
+    v_checks := v_checks || format(
+        'CASE WHEN jsonb_typeof(%1$s) = ''null'' THEN ARRAY[''22004'', %2$s, ''null is not allowed'', NULL] '
+        || 'ELSE accum._period_error(%1$s, accum._period_parts(%1$s), %3$L, %4$L, %5$L, %2$s) END',
+        v_j, format('%s || ''.period''', p_loc), p_reg.time_zone, v_min, v_max);
+    -- dimensions, then resources
+    FOR i IN 1 .. array_length(p_reg.dim_names, 1) LOOP
+        v_t := accum._parse_type(p_reg.dim_types[i]);
+        v_j := format('(%s)->%L', p_m, p_reg.dim_names[i]);
+        v_floc := format('%s || %L', p_loc, '.' || p_reg.dim_names[i]);
+        v_checks := v_checks || format(
+            'CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
+            v_j, v_floc, accum._gen_value_check(v_t, v_j, v_floc, 'dimension'));
+        CASE v_t[2]
+            WHEN 'text', 'varchar' THEN v_bytes := v_bytes || format('octet_length(%s #>> ''{}'')', v_j);
+            WHEN 'numeric' THEN v_bytes := v_bytes || format('length(%s #>> ''{}'')', v_j);
+            WHEN 'smallint' THEN v_fixed := v_fixed + 2;
+            WHEN 'integer', 'date' THEN v_fixed := v_fixed + 4;
+            WHEN 'bigint' THEN v_fixed := v_fixed + 8;
+            WHEN 'uuid' THEN v_fixed := v_fixed + 16;
+            WHEN 'boolean' THEN v_fixed := v_fixed + 1;
+        END CASE;
+    END LOOP;
+    FOR i IN 1 .. array_length(p_reg.res_names, 1) LOOP
+        v_t := accum._parse_type(p_reg.res_types[i]);
+        v_j := format('(%s)->%L', p_m, p_reg.res_names[i]);
+        v_floc := format('%s || %L', p_loc, '.' || p_reg.res_names[i]);
+        v_checks := v_checks || format(
+            'CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
+            v_j, v_floc, accum._gen_value_check(v_t, v_j, v_floc, 'resource'));
+    END LOOP;
+    -- the whole key must stay far below the B-tree row limit (SPEC §4.2)
+    IF cardinality(v_bytes) > 0 THEN
+        v_checks := v_checks || format(
+            'CASE WHEN %s + %s > 2048 THEN ARRAY[''54000'', %s, ''dimension values take '' || (%s + %s) || '' bytes; the limit is 2048'', NULL] END',
+            array_to_string(v_bytes, ' + '), v_fixed, p_loc, array_to_string(v_bytes, ' + '), v_fixed);
+    END IF;
+    RETURN format(
+        'CASE WHEN jsonb_typeof(%1$s) <> ''object'' THEN ARRAY[''22023'', %2$s, ''expected an object, got '' || jsonb_typeof(%1$s), NULL] '
+        || 'WHEN (%1$s) - %3$L::text[] <> ''{}''::jsonb THEN ARRAY[''42703'', %2$s || ''.'' || (SELECT min(k) FROM jsonb_object_keys((%1$s) - %3$L::text[]) k), ''unknown key'', NULL] '
+        || 'WHEN NOT (%1$s) ?& %4$L::text[] THEN ARRAY[''22023'', %2$s, ''missing key "'' || (SELECT k FROM unnest(%4$L::text[]) WITH ORDINALITY u(k, n) WHERE NOT (%1$s) ? k ORDER BY n LIMIT 1) || ''"'', NULL] '
+        || 'ELSE coalesce(%5$s) END',
+        p_m, p_loc, v_names, v_required, array_to_string(v_checks, ', '));
+END $$;
+
+-- Period fields -> error text[] with location, for generated checks.
+CREATE FUNCTION accum._period_error(p_json jsonb, p_parts text[], p_zone text, p_min timestamptz,
+                                    p_max timestamptz, p_loc text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN e IS NOT NULL THEN ARRAY[e[1], p_loc, e[2], NULL] END
+    FROM (SELECT accum._period_error(p_json, p_parts, p_zone, p_min, p_max) AS e) s
+$$;
+
+-- Column list with types for CREATE TABLE.
+CREATE FUNCTION accum._gen_columns(p_names text[], p_types text[], p_numeric boolean) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(string_agg(format('%I %s NOT NULL', n,
+        CASE WHEN p_numeric THEN 'numeric' ELSE accum._col_type(accum._parse_type(p_types[i])) END), ', ' ORDER BY i), '')
+    FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
+$$;
