@@ -38,6 +38,16 @@ BEGIN
     RETURN v_expr;
 END $$;
 
+-- Inline SQL expression: y, m, d (integer SQL expressions) form a date of years 0001-9999.
+-- Inline rather than a function call: this runs once per movement.
+CREATE FUNCTION accum._gen_valid_ymd(p_y text, p_m text, p_d text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT format('(%1$s BETWEEN 1 AND 9999 AND %2$s BETWEEN 1 AND 12 AND %3$s >= 1 '
+                  'AND %3$s <= (''{31,29,31,30,31,30,31,31,30,31,30,31}''::int[])[%2$s] '
+                  'AND (%2$s <> 2 OR %3$s <= 28 OR (%1$s %% 4 = 0 AND (%1$s %% 100 <> 0 OR %1$s %% 400 = 0))))',
+                  p_y, p_m, p_d)
+$$;
+
 -- SQL expression of an error record; p_loc and p_problem are SQL text expressions.
 CREATE FUNCTION accum._gen_err(p_state text, p_loc text, p_problem text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -62,13 +72,25 @@ DECLARE
     v_arms text := '';
 BEGIN
     IF v_base IN ('smallint', 'integer', 'bigint', 'numeric') THEN
-        v_arms := ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN '
+        -- Fast path: plain decimals that fit by their digit counts need no further check;
+        -- anything else (exponents, trailing zeros, strings of other shapes) takes the arms below.
+        v_arms := CASE
+            WHEN v_base = 'smallint' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,4}(\.0+)?$'' THEN NULL'
+            WHEN v_base = 'integer' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,9}(\.0+)?$'' THEN NULL'
+            WHEN v_base = 'bigint' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,18}(\.0+)?$'' THEN NULL'
+            WHEN p_t[3] IS NOT NULL THEN ' WHEN ' || v_txt || format(' ~ %L THEN NULL',
+                '^-?' || CASE WHEN p_t[3]::int - p_t[4]::int > 0 THEN format('[0-9]{1,%s}', least(p_t[3]::int - p_t[4]::int, 255))
+                              ELSE '0' END
+                      || CASE WHEN p_t[4]::int > 0 THEN format('(\.[0-9]{1,%s})?', least(p_t[4]::int, 255)) ELSE '' END || '$')
+            ELSE ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,30}(\.[0-9]{1,30})?$'' THEN NULL'
+        END;
+        v_arms := v_arms || ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN '
                 || accum._gen_err('22023', p_loc, '''expected a number or a decimal string, got '' || ' || v_got)
-            || ' WHEN ' || v_typ || ' = ''string'' AND ' || v_txt || ' ~* ''^\s*[+-]?(nan|inf|infinity)\s*$'' THEN '
-                || accum._gen_err('22023', p_loc, v_show || ' || '' is not allowed: NaN and Infinity are not numbers''')
             || ' WHEN ' || v_typ || ' = ''string'' AND NOT (length(' || v_txt || ') <= 1100 AND ' || v_txt
-                || ' ~ ''^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,4})?$'') THEN '
-                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a decimal number''');
+                || ' ~ ''^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,4})?$'') THEN CASE WHEN ' || v_txt
+                || ' ~* ''^\s*[+-]?(nan|inf|infinity)\s*$'' THEN '
+                || accum._gen_err('22023', p_loc, v_show || ' || '' is not allowed: NaN and Infinity are not numbers''')
+                || ' ELSE ' || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a decimal number''') || ' END';
         v_limits := CASE v_base
             WHEN 'smallint' THEN ARRAY['-32768', '32767']
             WHEN 'integer' THEN ARRAY['-2147483648', '2147483647']
@@ -111,8 +133,8 @@ BEGIN
                 || accum._gen_err('22023', p_loc, '''expected a date string, got '' || ' || v_got)
             || ' WHEN ' || v_txt || ' !~ ''^[0-9]{4}-[0-9]{2}-[0-9]{2}$'' THEN '
                 || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a date (YYYY-MM-DD)''')
-            || ' WHEN NOT accum._valid_ymd(substr(' || v_txt || ', 1, 4)::int, substr(' || v_txt || ', 6, 2)::int, substr('
-                || v_txt || ', 9, 2)::int) THEN '
+            || ' WHEN NOT ' || accum._gen_valid_ymd('substr(' || v_txt || ', 1, 4)::int', 'substr(' || v_txt || ', 6, 2)::int',
+                                                    'substr(' || v_txt || ', 9, 2)::int') || ' THEN '
                 || accum._gen_err('22008', p_loc, v_show || ' || '' is not a valid date''');
     ELSIF v_base = 'boolean' THEN
         v_arms := ' WHEN ' || v_typ || ' <> ''boolean'' THEN '
@@ -202,8 +224,6 @@ DECLARE
     v_j text;
     v_floc text;
     v_rec_t text[] := accum._parse_type(p_reg.recorder_type);
-    v_min timestamptz := make_timestamp(1, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
-    v_max timestamptz := make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
     v_bytes text[] := '{}';
     v_fixed integer := 0;
     v_t text[];
@@ -225,11 +245,8 @@ BEGIN
             accum._gen_conv(v_rec_t, v_j), p_recorder);
     END IF;
     -- period
-    v_j := format('(%s)->''period''', p_m);
-    v_checks := v_checks || format(
-        'CASE WHEN jsonb_typeof(%1$s) = ''null'' THEN ARRAY[''22004'', %2$s, ''null is not allowed'', NULL] '
-        || 'ELSE accum._period_error(%1$s, accum._period_parts(%1$s), %3$L, %4$L, %5$L, %2$s) END',
-        v_j, format('%s || ''.period''', p_loc), p_reg.time_zone, v_min, v_max);
+    v_checks := v_checks || accum._gen_period_check(p_reg, format('(%s)->''period''', p_m),
+                                                    format('%s || ''.period''', p_loc));
     -- dimensions, then resources
     FOR i IN 1 .. array_length(p_reg.dim_names, 1) LOOP
         v_t := accum._parse_type(p_reg.dim_types[i]);
@@ -270,12 +287,38 @@ BEGIN
         p_m, p_loc, v_names, v_required, array_to_string(v_checks, ', '));
 END $$;
 
--- Period fields -> error text[] with location, for generated checks.
-CREATE FUNCTION accum._period_error(p_json jsonb, p_parts text[], p_zone text, p_min timestamptz,
-                                    p_max timestamptz, p_loc text) RETURNS text[]
+-- The instant of a valid period: ISO input parses the same under every DateStyle; without an
+-- offset the wall time is taken in the register zone, never the session's.
+CREATE FUNCTION accum._gen_period_value(p_reg accum._registers, p_j text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN e IS NOT NULL THEN ARRAY[e[1], p_loc, e[2], NULL] END
-    FROM (SELECT accum._period_error(p_json, p_parts, p_zone, p_min, p_max) AS e) s
+    SELECT format('CASE WHEN right(%1$s #>> ''{}'', 1) = ''Z'' OR strpos(substr(%1$s #>> ''{}'', 11), ''+'') > 0 '
+                  'OR strpos(substr(%1$s #>> ''{}'', 11), ''-'') > 0 THEN (%1$s #>> ''{}'')::timestamptz '
+                  'ELSE (%1$s #>> ''{}'')::timestamp AT TIME ZONE %2$L END', p_j, p_reg.time_zone)
+$$;
+
+CREATE FUNCTION accum._gen_period_check(p_reg accum._registers, p_j text, p_loc text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT format(
+        'CASE WHEN jsonb_typeof(%1$s) = ''null'' THEN ARRAY[''22004'', %2$s, ''null is not allowed'', NULL] '
+        'WHEN jsonb_typeof(%1$s) <> ''string'' THEN ARRAY[''22007'', %2$s, ''expected a date or timestamp string, got '' '
+            '|| jsonb_typeof(%1$s) || '' '' || accum._jshow(%1$s), NULL] '
+        -- the range pattern implies the form, so a valid period costs one match
+        'WHEN (%1$s #>> ''{}'') !~ %4$L THEN CASE WHEN (%1$s #>> ''{}'') !~ %3$L '
+            'THEN ARRAY[''22007'', %2$s, accum._jshow(%1$s) || '' is not a date (YYYY-MM-DD) or timestamp '
+            '(YYYY-MM-DDTHH:MM[:SS[.f]][Z|±HH[:MM]])'', NULL] '
+            'ELSE ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' has an impossible date or time field'', NULL] END '
+        'WHEN (substr(%1$s #>> ''{}'', 9, 2) > ''28'' OR left(%1$s #>> ''{}'', 4) = ''0000'') AND NOT %5$s '
+            'THEN ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' has an impossible date or time field'', NULL] '
+        -- only the first and last year can leave 0001-9999 through an offset or the zone
+        'WHEN left(%1$s #>> ''{}'', 4) IN (''0001'', ''9999'') AND NOT (%6$s >= %7$L::timestamptz AND %6$s < %8$L::timestamptz) '
+            'THEN ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' is outside years 0001-9999 in the register time zone'', NULL] '
+        'END',
+        p_j, p_loc, accum._period_form_regex(), accum._period_range_regex(),
+        accum._gen_valid_ymd(format('substr(%s #>> ''{}'', 1, 4)::int', p_j), format('substr(%s #>> ''{}'', 6, 2)::int', p_j),
+                             format('substr(%s #>> ''{}'', 9, 2)::int', p_j)),
+        accum._gen_period_value(p_reg, p_j),
+        accum._ts_lit(make_timestamp(1, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone),
+        accum._ts_lit(make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone))
 $$;
 
 -- Column list with types for CREATE TABLE.

@@ -1,13 +1,6 @@
 -- 0003_register_ddl: the registry API (SPEC §6) and the generated tables of a register
 -- (SPEC §4.5). Validation happens before any DDL, so a rejected call leaves nothing behind.
 
--- A timestamptz literal that reads back identically in every session (DateStyle, TimeZone).
-CREATE FUNCTION accum._ts_lit(p_ts timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'
-        || CASE WHEN (p_ts AT TIME ZONE 'UTC') < timestamp '0001-01-01' THEN ' BC' ELSE '' END
-$$;
-
 CREATE FUNCTION accum._get_register(p_func text, p_name text) RETURNS accum._registers
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -166,9 +159,10 @@ BEGIN
                        v_part, v_parent);
         EXECUTE format('ALTER TABLE accum.%I ADD CONSTRAINT %I CHECK (period >= %L AND period < %L)',
                        v_part, v_part || '_bound', accum._ts_lit(v_from), accum._ts_lit(v_to));
-        EXECUTE format('WITH moved AS (DELETE FROM accum.%I WHERE period >= %L AND period < %L RETURNING *) '
-                       'INSERT INTO accum.%I SELECT * FROM moved',
-                       v_parent || '_default', accum._ts_lit(v_from), accum._ts_lit(v_to), v_part);
+        EXECUTE format('WITH moved AS (DELETE FROM accum.%1$I WHERE period >= %2$L AND period < %3$L RETURNING *) '
+                       'INSERT INTO accum.%4$I (%5$s) SELECT %5$s FROM moved',
+                       v_parent || '_default', accum._ts_lit(v_from), accum._ts_lit(v_to), v_part,
+                       'id, recorded_at, recorder, period, ' || accum._list(p_reg.dim_names || p_reg.res_names, '%1$I'));
         EXECUTE format('ALTER TABLE accum.%I ATTACH PARTITION accum.%I FOR VALUES FROM (%L) TO (%L)',
                        v_parent, v_part, accum._ts_lit(v_from), accum._ts_lit(v_to));
         EXECUTE format('ALTER TABLE accum.%I DROP CONSTRAINT %I', v_part, v_part || '_bound');

@@ -46,7 +46,7 @@ $$;
 -- SELECT list converting movement JSON p_m into (period, dims..., resources...).
 CREATE FUNCTION accum._gen_movement_values(p_reg accum._registers, p_m text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT format('accum._period_value(accum._period_parts((%s)->''period''), %L)', p_m, p_reg.time_zone)
+    SELECT accum._gen_period_value(p_reg, format('(%s)->''period''', p_m))
         || (SELECT string_agg(', ' || accum._gen_conv(accum._parse_type(t), format('(%s)->%L', p_m, n)), '' ORDER BY i)
             FROM unnest(p_reg.dim_names || p_reg.res_names, p_reg.dim_types || p_reg.res_types) WITH ORDINALITY u(n, t, i))
 $$;
@@ -183,7 +183,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT format('SELECT %s AS dim_hash, x.period, %s FROM (SELECT %s AS period, %s FROM %s WHERE %s) x',
         accum._hash_expr(p_reg.dim_names, p_reg.dim_types, 'x.%1$I'),
         accum._list(p_reg.dim_names, 'x.%1$I'),
-        format('accum._period_value(accum._period_parts(m->''period''), %L)', p_reg.time_zone),
+        accum._gen_period_value(p_reg, 'm->''period'''),
         (SELECT string_agg(format('%s AS %I', accum._gen_conv(accum._parse_type(t), format('m->%L', n)), n), ', ' ORDER BY i)
          FROM unnest(p_reg.dim_names, p_reg.dim_types) WITH ORDINALITY u(n, t, i)),
         p_from, p_where)
