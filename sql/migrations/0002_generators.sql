@@ -48,10 +48,66 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                   p_y, p_m, p_d)
 $$;
 
--- SQL expression of an error record; p_loc and p_problem are SQL text expressions.
-CREATE FUNCTION accum._gen_err(p_state text, p_loc text, p_problem text) RETURNS text
+-- Builds the error record {sqlstate, location, problem, detail} of a failed check. Generated
+-- checks call it only in their failing branch: keeping the message text out of the generated
+-- expressions keeps them small, and their per-call set-up cheap.
+CREATE FUNCTION accum._verr(p_state text, p_loc text, p_code text, p_value jsonb DEFAULT NULL, p_arg text DEFAULT NULL)
+RETURNS text[] LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_show text := accum._jshow(p_value);
+    v_txt text := p_value #>> '{}';
+    v_got text := jsonb_typeof(p_value) || ' ' || accum._jshow(p_value);
+    v_loc text := p_loc;
+    v_problem text;
+    v_key text;
+BEGIN
+    CASE p_code
+        WHEN 'null' THEN v_problem := 'null is not allowed';
+        WHEN 'num_type' THEN v_problem := 'expected a number or a decimal string, got ' || v_got;
+        WHEN 'nan' THEN v_problem := v_show || ' is not allowed: NaN and Infinity are not numbers';
+        WHEN 'decimal' THEN v_problem := v_show || ' is not a decimal number';
+        WHEN 'integer' THEN v_problem := v_show || ' is not an integer';
+        WHEN 'range' THEN v_problem := v_show || ' is out of range for ' || p_arg;
+        WHEN 'scale' THEN
+            v_problem := format('%s has %s decimal places; the %s scale is %s', v_show, scale(trim_scale(v_txt::numeric)),
+                                split_part(p_arg, ':', 1), split_part(p_arg, ':', 2));
+        WHEN 'digits' THEN v_problem := v_show || ' has too many integer digits for ' || p_arg;
+        WHEN 'str_type' THEN v_problem := 'expected a string, got ' || v_got;
+        WHEN 'empty' THEN v_problem := 'must not be empty';
+        WHEN 'bytes' THEN v_problem := format('value is %s bytes; the limit is 1024', octet_length(v_txt));
+        WHEN 'chars' THEN v_problem := format('value is %s characters; the limit is %s', char_length(v_txt), p_arg);
+        WHEN 'uuid_type' THEN v_problem := 'expected a uuid string, got ' || v_got;
+        WHEN 'uuid' THEN v_problem := v_show || ' is not a uuid (8-4-4-4-12 hex digits)';
+        WHEN 'date_type' THEN v_problem := 'expected a date string, got ' || v_got;
+        WHEN 'date' THEN v_problem := v_show || ' is not a date (YYYY-MM-DD)';
+        WHEN 'date_invalid' THEN v_problem := v_show || ' is not a valid date';
+        WHEN 'bool_type' THEN v_problem := 'expected true or false, got ' || v_got;
+        WHEN 'period_type' THEN v_problem := 'expected a date or timestamp string, got ' || v_got;
+        WHEN 'period_form' THEN
+            v_problem := v_show || ' is not a date (YYYY-MM-DD) or timestamp (YYYY-MM-DDTHH:MM[:SS[.f]][Z|±HH[:MM]])';
+        WHEN 'period_field' THEN v_problem := v_show || ' has an impossible date or time field';
+        WHEN 'period_range' THEN v_problem := v_show || ' is outside years 0001-9999 in the register time zone';
+        WHEN 'object' THEN v_problem := 'expected an object, got ' || jsonb_typeof(p_value);
+        WHEN 'unknown_key' THEN
+            SELECT min(k) INTO v_key FROM jsonb_object_keys(p_value - string_to_array(p_arg, ',')) k;
+            v_loc := v_loc || '.' || v_key;
+            v_problem := 'unknown key';
+        WHEN 'missing_key' THEN
+            SELECT k INTO v_key FROM unnest(string_to_array(p_arg, ',')) WITH ORDINALITY u(k, n)
+            WHERE NOT p_value ? k ORDER BY n LIMIT 1;
+            v_problem := format('missing key "%s"', v_key);
+        WHEN 'recorder_mismatch' THEN v_problem := 'recorder ' || v_show || ' does not match the command recorder';
+        WHEN 'key_bytes' THEN v_problem := format('dimension values take %s bytes; the limit is 2048', p_arg);
+        ELSE v_problem := p_code;
+    END CASE;
+    RETURN ARRAY[p_state, v_loc, v_problem, NULL];
+END $$;
+
+-- SQL expression calling _verr; p_loc, p_value and p_arg are SQL expressions.
+CREATE FUNCTION accum._gen_err(p_state text, p_loc text, p_code text, p_value text DEFAULT 'NULL',
+                               p_arg text DEFAULT 'NULL') RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT format('ARRAY[%L, %s, %s, NULL]', p_state, p_loc, p_problem)
+    SELECT format('accum._verr(%L, %s, %L, %s, %s)', p_state, p_loc, p_code, p_value, p_arg)
 $$;
 
 -- SQL expression: error text[] {sqlstate, location, problem, detail} for the JSON value p_j
@@ -65,32 +121,27 @@ DECLARE
     v_txt text := format('(%s #>> ''{}'')', p_j);
     v_typ text := format('jsonb_typeof(%s)', p_j);
     v_num text := format('(%s #>> ''{}'')::numeric', p_j);
-    v_show text := format('accum._jshow(%s)', p_j);
-    v_got text := format('jsonb_typeof(%s) || '' '' || accum._jshow(%s)', p_j, p_j);
-    v_scale_word text := CASE WHEN p_role = 'resource' THEN 'resource' ELSE 'dimension' END;
     v_limits text[];
     v_arms text := '';
 BEGIN
     IF v_base IN ('smallint', 'integer', 'bigint', 'numeric') THEN
         -- Fast path: plain decimals that fit by their digit counts need no further check;
         -- anything else (exponents, trailing zeros, strings of other shapes) takes the arms below.
-        v_arms := CASE
-            WHEN v_base = 'smallint' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,4}(\.0+)?$'' THEN NULL'
-            WHEN v_base = 'integer' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,9}(\.0+)?$'' THEN NULL'
-            WHEN v_base = 'bigint' THEN ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,18}(\.0+)?$'' THEN NULL'
-            WHEN p_t[3] IS NOT NULL THEN ' WHEN ' || v_txt || format(' ~ %L THEN NULL',
+        v_arms := ' WHEN ' || v_txt || format(' ~ %L THEN NULL', CASE
+            WHEN v_base = 'smallint' THEN '^-?[0-9]{1,4}(\.0+)?$'
+            WHEN v_base = 'integer' THEN '^-?[0-9]{1,9}(\.0+)?$'
+            WHEN v_base = 'bigint' THEN '^-?[0-9]{1,18}(\.0+)?$'
+            WHEN p_t[3] IS NOT NULL THEN
                 '^-?' || CASE WHEN p_t[3]::int - p_t[4]::int > 0 THEN format('[0-9]{1,%s}', least(p_t[3]::int - p_t[4]::int, 255))
                               ELSE '0' END
-                      || CASE WHEN p_t[4]::int > 0 THEN format('(\.[0-9]{1,%s})?', least(p_t[4]::int, 255)) ELSE '' END || '$')
-            ELSE ' WHEN ' || v_txt || ' ~ ''^-?[0-9]{1,30}(\.[0-9]{1,30})?$'' THEN NULL'
-        END;
-        v_arms := v_arms || ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN '
-                || accum._gen_err('22023', p_loc, '''expected a number or a decimal string, got '' || ' || v_got)
+                      || CASE WHEN p_t[4]::int > 0 THEN format('(\.[0-9]{1,%s})?', least(p_t[4]::int, 255)) ELSE '' END || '$'
+            ELSE '^-?[0-9]{1,30}(\.[0-9]{1,30})?$' END);
+        v_arms := v_arms
+            || ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN ' || accum._gen_err('22023', p_loc, 'num_type', p_j)
             || ' WHEN ' || v_typ || ' = ''string'' AND NOT (length(' || v_txt || ') <= 1100 AND ' || v_txt
                 || ' ~ ''^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,4})?$'') THEN CASE WHEN ' || v_txt
-                || ' ~* ''^\s*[+-]?(nan|inf|infinity)\s*$'' THEN '
-                || accum._gen_err('22023', p_loc, v_show || ' || '' is not allowed: NaN and Infinity are not numbers''')
-                || ' ELSE ' || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a decimal number''') || ' END';
+                || ' ~* ''^\s*[+-]?(nan|inf|infinity)\s*$'' THEN ' || accum._gen_err('22023', p_loc, 'nan', p_j)
+                || ' ELSE ' || accum._gen_err('22P02', p_loc, 'decimal', p_j) || ' END';
         v_limits := CASE v_base
             WHEN 'smallint' THEN ARRAY['-32768', '32767']
             WHEN 'integer' THEN ARRAY['-2147483648', '2147483647']
@@ -98,52 +149,41 @@ BEGIN
         END;
         IF v_limits IS NOT NULL THEN
             v_arms := v_arms
-                || ' WHEN ' || v_num || ' <> trunc(' || v_num || ') THEN '
-                    || accum._gen_err('22023', p_loc, v_show || ' || '' is not an integer''')
+                || ' WHEN ' || v_num || ' <> trunc(' || v_num || ') THEN ' || accum._gen_err('22023', p_loc, 'integer', p_j)
                 || ' WHEN ' || v_num || ' < ' || v_limits[1] || ' OR ' || v_num || ' > ' || v_limits[2] || ' THEN '
-                    || accum._gen_err('22003', p_loc, v_show || format(' || '' is out of range for %s''', p_t[1]));
+                    || accum._gen_err('22003', p_loc, 'range', p_j, quote_literal(p_t[1]));
         ELSIF p_t[3] IS NOT NULL THEN
             v_arms := v_arms
                 || ' WHEN round(' || v_num || ', ' || p_t[4] || ') <> ' || v_num || ' THEN '
-                    || accum._gen_err('22023', p_loc, v_show || ' || '' has '' || scale(trim_scale(' || v_num
-                        || format(')) || '' decimal places; the %s scale is %s''', v_scale_word, p_t[4]))
+                    || accum._gen_err('22023', p_loc, 'scale', p_j,
+                                      quote_literal(CASE WHEN p_role = 'resource' THEN 'resource' ELSE 'dimension' END || ':' || p_t[4]))
                 || ' WHEN abs(' || v_num || ') >= ' || power(10::numeric, p_t[3]::int - p_t[4]::int)::text || ' THEN '
-                    || accum._gen_err('22003', p_loc, v_show || format(' || '' has too many integer digits for %s''', p_t[1]));
+                    || accum._gen_err('22003', p_loc, 'digits', p_j, quote_literal(p_t[1]));
         END IF;
     ELSIF v_base IN ('text', 'varchar') THEN
-        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
-                || accum._gen_err('22023', p_loc, '''expected a string, got '' || ' || v_got);
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN ' || accum._gen_err('22023', p_loc, 'str_type', p_j);
         IF p_role = 'recorder' THEN
-            v_arms := v_arms || ' WHEN ' || v_txt || ' = '''' THEN ' || accum._gen_err('22023', p_loc, '''must not be empty''');
+            v_arms := v_arms || ' WHEN ' || v_txt || ' = '''' THEN ' || accum._gen_err('22023', p_loc, 'empty', p_j);
         END IF;
-        v_arms := v_arms || ' WHEN octet_length(' || v_txt || ') > 1024 THEN '
-            || accum._gen_err('22001', p_loc, '''value is '' || octet_length(' || v_txt || ') || '' bytes; the limit is 1024''');
+        v_arms := v_arms || ' WHEN octet_length(' || v_txt || ') > 1024 THEN ' || accum._gen_err('22001', p_loc, 'bytes', p_j);
         IF v_base = 'varchar' THEN
             v_arms := v_arms || ' WHEN char_length(' || v_txt || ') > ' || p_t[3] || ' THEN '
-                || accum._gen_err('22001', p_loc, '''value is '' || char_length(' || v_txt
-                    || format(') || '' characters; the limit is %s''', p_t[3]));
+                || accum._gen_err('22001', p_loc, 'chars', p_j, quote_literal(p_t[3]));
         END IF;
     ELSIF v_base = 'uuid' THEN
-        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
-                || accum._gen_err('22023', p_loc, '''expected a uuid string, got '' || ' || v_got)
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN ' || accum._gen_err('22023', p_loc, 'uuid_type', p_j)
             || ' WHEN ' || v_txt || ' !~ ''^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'' THEN '
-                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a uuid (8-4-4-4-12 hex digits)''');
+                || accum._gen_err('22P02', p_loc, 'uuid', p_j);
     ELSIF v_base = 'date' THEN
-        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN '
-                || accum._gen_err('22023', p_loc, '''expected a date string, got '' || ' || v_got)
-            || ' WHEN ' || v_txt || ' !~ ''^[0-9]{4}-[0-9]{2}-[0-9]{2}$'' THEN '
-                || accum._gen_err('22P02', p_loc, v_show || ' || '' is not a date (YYYY-MM-DD)''')
+        v_arms := ' WHEN ' || v_typ || ' <> ''string'' THEN ' || accum._gen_err('22023', p_loc, 'date_type', p_j)
+            || ' WHEN ' || v_txt || ' !~ ''^[0-9]{4}-[0-9]{2}-[0-9]{2}$'' THEN ' || accum._gen_err('22P02', p_loc, 'date', p_j)
             || ' WHEN NOT ' || accum._gen_valid_ymd('substr(' || v_txt || ', 1, 4)::int', 'substr(' || v_txt || ', 6, 2)::int',
                                                     'substr(' || v_txt || ', 9, 2)::int') || ' THEN '
-                || accum._gen_err('22008', p_loc, v_show || ' || '' is not a valid date''');
+                || accum._gen_err('22008', p_loc, 'date_invalid', p_j);
     ELSIF v_base = 'boolean' THEN
-        v_arms := ' WHEN ' || v_typ || ' <> ''boolean'' THEN '
-                || accum._gen_err('22023', p_loc, '''expected true or false, got '' || ' || v_got);
+        v_arms := ' WHEN ' || v_typ || ' <> ''boolean'' THEN ' || accum._gen_err('22023', p_loc, 'bool_type', p_j);
     ELSE
         RAISE EXCEPTION 'unsupported type %', p_t[1];
-    END IF;
-    IF v_arms = '' THEN
-        RETURN 'NULL::text[]';
     END IF;
     RETURN 'CASE' || v_arms || ' END';
 END $$;
@@ -235,14 +275,14 @@ BEGIN
     v_j := format('(%s)->''recorder''', p_m);
     v_floc := format('%s || ''.recorder''', p_loc);
     IF p_recorder_mode = 'required' THEN
-        v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
-            v_j, v_floc, accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'));
+        v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN %s ELSE %s END',
+            v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'));
     ELSE
         v_checks := v_checks || format(
-            'CASE WHEN NOT (%1$s) ? ''recorder'' THEN NULL WHEN jsonb_typeof(%2$s) = ''null'' THEN ARRAY[''22004'', %3$s, ''null is not allowed'', NULL] '
-            || 'ELSE coalesce(%4$s, CASE WHEN (%5$s)::text IS DISTINCT FROM %6$s THEN ARRAY[''22023'', %3$s, ''recorder '' || accum._jshow(%2$s) || '' does not match the command recorder'', NULL] END) END',
-            p_m, v_j, v_floc, accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'),
-            accum._gen_conv(v_rec_t, v_j), p_recorder);
+            'CASE WHEN NOT (%1$s) ? ''recorder'' THEN NULL WHEN jsonb_typeof(%2$s) = ''null'' THEN %3$s '
+            || 'ELSE coalesce(%4$s, CASE WHEN (%5$s)::text IS DISTINCT FROM %6$s THEN %7$s END) END',
+            p_m, v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_rec_t, v_j, v_floc, 'recorder'),
+            accum._gen_conv(v_rec_t, v_j), p_recorder, accum._gen_err('22023', v_floc, 'recorder_mismatch', v_j));
     END IF;
     -- period
     v_checks := v_checks || accum._gen_period_check(p_reg, format('(%s)->''period''', p_m),
@@ -252,9 +292,8 @@ BEGIN
         v_t := accum._parse_type(p_reg.dim_types[i]);
         v_j := format('(%s)->%L', p_m, p_reg.dim_names[i]);
         v_floc := format('%s || %L', p_loc, '.' || p_reg.dim_names[i]);
-        v_checks := v_checks || format(
-            'CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
-            v_j, v_floc, accum._gen_value_check(v_t, v_j, v_floc, 'dimension'));
+        v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN %s ELSE %s END',
+            v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_t, v_j, v_floc, 'dimension'));
         CASE v_t[2]
             WHEN 'text', 'varchar' THEN v_bytes := v_bytes || format('octet_length(%s #>> ''{}'')', v_j);
             WHEN 'numeric' THEN v_bytes := v_bytes || format('length(%s #>> ''{}'')', v_j);
@@ -269,22 +308,24 @@ BEGIN
         v_t := accum._parse_type(p_reg.res_types[i]);
         v_j := format('(%s)->%L', p_m, p_reg.res_names[i]);
         v_floc := format('%s || %L', p_loc, '.' || p_reg.res_names[i]);
-        v_checks := v_checks || format(
-            'CASE WHEN jsonb_typeof(%s) = ''null'' THEN ARRAY[''22004'', %s, ''null is not allowed'', NULL] ELSE %s END',
-            v_j, v_floc, accum._gen_value_check(v_t, v_j, v_floc, 'resource'));
+        v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN %s ELSE %s END',
+            v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_t, v_j, v_floc, 'resource'));
     END LOOP;
     -- the whole key must stay far below the B-tree row limit (SPEC §4.2)
     IF cardinality(v_bytes) > 0 THEN
-        v_checks := v_checks || format(
-            'CASE WHEN %s + %s > 2048 THEN ARRAY[''54000'', %s, ''dimension values take '' || (%s + %s) || '' bytes; the limit is 2048'', NULL] END',
-            array_to_string(v_bytes, ' + '), v_fixed, p_loc, array_to_string(v_bytes, ' + '), v_fixed);
+        v_checks := v_checks || format('CASE WHEN %s + %s > 2048 THEN %s END',
+            array_to_string(v_bytes, ' + '), v_fixed,
+            accum._gen_err('54000', p_loc, 'key_bytes', 'NULL', format('(%s + %s)::text', array_to_string(v_bytes, ' + '), v_fixed)));
     END IF;
     RETURN format(
-        'CASE WHEN jsonb_typeof(%1$s) <> ''object'' THEN ARRAY[''22023'', %2$s, ''expected an object, got '' || jsonb_typeof(%1$s), NULL] '
-        || 'WHEN (%1$s) - %3$L::text[] <> ''{}''::jsonb THEN ARRAY[''42703'', %2$s || ''.'' || (SELECT min(k) FROM jsonb_object_keys((%1$s) - %3$L::text[]) k), ''unknown key'', NULL] '
-        || 'WHEN NOT (%1$s) ?& %4$L::text[] THEN ARRAY[''22023'', %2$s, ''missing key "'' || (SELECT k FROM unnest(%4$L::text[]) WITH ORDINALITY u(k, n) WHERE NOT (%1$s) ? k ORDER BY n LIMIT 1) || ''"'', NULL] '
+        'CASE WHEN jsonb_typeof(%1$s) <> ''object'' THEN %6$s '
+        || 'WHEN (%1$s) - %3$L::text[] <> ''{}''::jsonb THEN %7$s '
+        || 'WHEN NOT (%1$s) ?& %4$L::text[] THEN %8$s '
         || 'ELSE coalesce(%5$s) END',
-        p_m, p_loc, v_names, v_required, array_to_string(v_checks, ', '));
+        p_m, p_loc, v_names, v_required, array_to_string(v_checks, ', '),
+        accum._gen_err('22023', p_loc, 'object', p_m),
+        accum._gen_err('42703', p_loc, 'unknown_key', p_m, quote_literal(array_to_string(v_names, ','))),
+        accum._gen_err('22023', p_loc, 'missing_key', p_m, quote_literal(array_to_string(v_required, ','))));
 END $$;
 
 -- The instant of a valid period: ISO input parses the same under every DateStyle; without an
@@ -299,26 +340,26 @@ $$;
 CREATE FUNCTION accum._gen_period_check(p_reg accum._registers, p_j text, p_loc text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT format(
-        'CASE WHEN jsonb_typeof(%1$s) = ''null'' THEN ARRAY[''22004'', %2$s, ''null is not allowed'', NULL] '
-        'WHEN jsonb_typeof(%1$s) <> ''string'' THEN ARRAY[''22007'', %2$s, ''expected a date or timestamp string, got '' '
-            '|| jsonb_typeof(%1$s) || '' '' || accum._jshow(%1$s), NULL] '
+        'CASE WHEN jsonb_typeof(%1$s) = ''null'' THEN %9$s '
+        'WHEN jsonb_typeof(%1$s) <> ''string'' THEN %10$s '
         -- the range pattern implies the form, so a valid period costs one match
-        'WHEN (%1$s #>> ''{}'') !~ %4$L THEN CASE WHEN (%1$s #>> ''{}'') !~ %3$L '
-            'THEN ARRAY[''22007'', %2$s, accum._jshow(%1$s) || '' is not a date (YYYY-MM-DD) or timestamp '
-            '(YYYY-MM-DDTHH:MM[:SS[.f]][Z|±HH[:MM]])'', NULL] '
-            'ELSE ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' has an impossible date or time field'', NULL] END '
-        'WHEN (substr(%1$s #>> ''{}'', 9, 2) > ''28'' OR left(%1$s #>> ''{}'', 4) = ''0000'') AND NOT %5$s '
-            'THEN ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' has an impossible date or time field'', NULL] '
+        'WHEN (%1$s #>> ''{}'') !~ %4$L THEN CASE WHEN (%1$s #>> ''{}'') !~ %3$L THEN %11$s ELSE %12$s END '
+        'WHEN (substr(%1$s #>> ''{}'', 9, 2) > ''28'' OR left(%1$s #>> ''{}'', 4) = ''0000'') AND NOT %5$s THEN %12$s '
         -- only the first and last year can leave 0001-9999 through an offset or the zone
         'WHEN left(%1$s #>> ''{}'', 4) IN (''0001'', ''9999'') AND NOT (%6$s >= %7$L::timestamptz AND %6$s < %8$L::timestamptz) '
-            'THEN ARRAY[''22008'', %2$s, accum._jshow(%1$s) || '' is outside years 0001-9999 in the register time zone'', NULL] '
+            'THEN %13$s '
         'END',
         p_j, p_loc, accum._period_form_regex(), accum._period_range_regex(),
         accum._gen_valid_ymd(format('substr(%s #>> ''{}'', 1, 4)::int', p_j), format('substr(%s #>> ''{}'', 6, 2)::int', p_j),
                              format('substr(%s #>> ''{}'', 9, 2)::int', p_j)),
         accum._gen_period_value(p_reg, p_j),
         accum._ts_lit(make_timestamp(1, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone),
-        accum._ts_lit(make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone))
+        accum._ts_lit(make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone),
+        accum._gen_err('22004', p_loc, 'null'),
+        accum._gen_err('22007', p_loc, 'period_type', p_j),
+        accum._gen_err('22007', p_loc, 'period_form', p_j),
+        accum._gen_err('22008', p_loc, 'period_field', p_j),
+        accum._gen_err('22008', p_loc, 'period_range', p_j))
 $$;
 
 -- Column list with types for CREATE TABLE.

@@ -224,17 +224,22 @@ DECLARE
     v_cmd_check text;
     v_v_cte text;
 BEGIN
-    -- post: validate all, lock recorders (sorted), one INSERT.
+    -- post: lock recorders (sorted), one INSERT of the valid movements. When any movement
+    -- was invalid the first error is looked up and raised, which undoes the INSERT: the
+    -- valid path evaluates each check once, in the same statement that converts.
     v_body := format($f$
 #variable_conflict use_column
 DECLARE v$err text[]; v$n integer;
 BEGIN
-    SELECT q.e INTO v$err FROM (SELECT s.n, %1$s AS e FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)) q
-    WHERE q.e IS NOT NULL ORDER BY q.n LIMIT 1;
-    IF v$err IS NOT NULL THEN PERFORM accum._raise_err(%2$L, v$err); END IF;
     PERFORM pg_advisory_xact_lock(%3$s, q.k) FROM (SELECT DISTINCT hashtext(%4$s) AS k FROM jsonb_array_elements(p$data) s(m) ORDER BY 1) q;
-    INSERT INTO %5$s (%6$s) SELECT %7$s, %8$s FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n) ORDER BY s.n;
+    INSERT INTO %5$s (%6$s) SELECT %7$s, %8$s FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)
+    WHERE (%1$s) IS NULL ORDER BY s.n;
     GET DIAGNOSTICS v$n = ROW_COUNT;
+    IF v$n <> jsonb_array_length(p$data) THEN
+        SELECT q.e INTO v$err FROM (SELECT s.n, %1$s AS e FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)) q
+        WHERE q.e IS NOT NULL ORDER BY q.n LIMIT 1;
+        PERFORM accum._raise_err(%2$L, v$err);
+    END IF;
     RETURN v$n;
 END$f$,
         accum._gen_movement_check(p_reg, 's.m', '''movements['' || (s.n - 1) || '']''', 'required'),
@@ -266,6 +271,7 @@ BEGIN
     v$err := %2$s;
     IF v$err IS NOT NULL THEN PERFORM accum._raise_err(%3$L, v$err); END IF;
     v$rec := %4$s;
+    -- the pre-lock below converts the new movements: they must be valid first
     SELECT q.e INTO v$err FROM (SELECT s.n, %5$s AS e FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)) q
     WHERE q.e IS NOT NULL ORDER BY q.n LIMIT 1;
     IF v$err IS NOT NULL THEN PERFORM accum._raise_err(%3$L, v$err); END IF;
