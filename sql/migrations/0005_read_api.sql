@@ -168,9 +168,8 @@ BEGIN
         RETURN QUERY EXECUTE format(%8$L, %9$L) USING %10$s;
         RETURN;
     END IF;
-    -- group columns in the register's column order
-    SELECT array_agg(k ORDER BY n) INTO v$names FROM unnest(%5$L::text[]) WITH ORDINALITY u(k, n) WHERE k = ANY (v$names);
-    SELECT string_agg(format('%%I', k), ', ') INTO v$cols FROM unnest(v$names) k;
+    -- groups come out ordered by the group_by columns, in the order the caller gave them
+    SELECT string_agg(format('%%I', k), ', ' ORDER BY n) INTO v$cols FROM unnest(v$names) WITH ORDINALITY u(k, n);
     RETURN QUERY EXECUTE format(%11$L, v$cols || ', ' || %9$L,
         (SELECT string_agg(format('%%L, ', k) || replace(d, '@', quote_ident(k)), ', ')
          FROM unnest(v$names) k JOIN unnest(%5$L::text[], %12$L::text[]) u(dn, d) ON dn = k),

@@ -29,10 +29,10 @@ BEGIN
 DECLARE v$rows accum.%1$I[]; v$zero bigint[];
 BEGIN
     PERFORM pg_advisory_xact_lock(%2$s, 0);
-    WITH c AS (DELETE FROM accum.%1$I d WHERE d.id IN (
+    WITH c AS (DELETE FROM accum.%1$I "d$" WHERE "d$".id IN (
                    SELECT q.id FROM accum.%1$I q WHERE q.created_at <= clock_timestamp() - p$min_age ORDER BY q.id LIMIT p$max)
-               RETURNING d)
-    SELECT array_agg(c.d) INTO v$rows FROM c;
+               RETURNING "d$")
+    SELECT array_agg(c."d$") INTO v$rows FROM c;
     IF v$rows IS NULL THEN RETURN 0; END IF;
     %3$s
     RETURN cardinality(v$rows);
@@ -46,18 +46,18 @@ END$f$,
 
     -- verify: one statement, one snapshot; values compared per combination and bucket in
     -- the register zone; all-zero groups count as absent on both sides.
-    v_ctes := format('mv AS MATERIALIZED (SELECT %1$s, (m.period AT TIME ZONE %2$L)::date AS b, %3$s '
+    v_ctes := format('mv AS MATERIALIZED (SELECT %1$s, (m.period AT TIME ZONE %2$L)::date AS "b$", %3$s '
                      'FROM accum.%4$I m GROUP BY %1$s, (m.period AT TIME ZONE %2$L)::date)',
                      accum._list(p_reg.dim_names, 'm.%1$I'), p_reg.time_zone,
                      accum._list(p_reg.res_names, 'sum(m.%1$I) AS %1$I'), r || '_movements');
     FOREACH v_level IN ARRAY v_levels LOOP
-        v_delta_src := CASE WHEN p_reg.high_write THEN format(' UNION ALL SELECT %s, date_trunc(%L, bucket::timestamp)::date AS b, %s FROM accum.%I',
+        v_delta_src := CASE WHEN p_reg.high_write THEN format(' UNION ALL SELECT %s, date_trunc(%L, bucket::timestamp)::date AS "b$", %s FROM accum.%I',
                                                              v_dims, v_level, v_res, r || '_delta') ELSE '' END;
         v_ctes := v_ctes || format(
-            ', e_%1$s AS (SELECT %2$s, date_trunc(%1$L, mv.b::timestamp)::date AS b, %3$s FROM mv GROUP BY %2$s, date_trunc(%1$L, mv.b::timestamp)::date HAVING %4$s)'
-            ', a_%1$s AS (SELECT %2$s, b, %3$s FROM (SELECT %2$s, period AS b, %5$s FROM accum.%6$I%7$s) s GROUP BY %2$s, b HAVING %4$s)',
+            ', e_%1$s AS (SELECT %2$s, date_trunc(%1$L, mv."b$"::timestamp)::date AS "b$", %3$s FROM mv GROUP BY %2$s, date_trunc(%1$L, mv."b$"::timestamp)::date HAVING %4$s)'
+            ', a_%1$s AS (SELECT %2$s, s."b$", %3$s FROM (SELECT %2$s, period AS "b$", %5$s FROM accum.%6$I%7$s) s GROUP BY %2$s, s."b$" HAVING %4$s)',
             v_level, v_dims, v_sums, v_nonzero, v_res, r || '_totals_' || v_level, v_delta_src);
-        v_parts := v_parts || format('SELECT %L AS check_type, b AS period, %s FROM e_%s e FULL JOIN a_%s a USING (%s, b)',
+        v_parts := v_parts || format('SELECT %L AS check_type, "b$" AS period, %s FROM e_%s e FULL JOIN a_%s a USING (%s, "b$")',
             'totals_' || v_level, '%s', v_level, v_level, v_using);
     END LOOP;
     IF p_reg.kind = 'balance' THEN
@@ -87,8 +87,8 @@ END$f$,
     END LOOP;
     -- stored dim_hash against a fresh one, for movements and every derived table
     v_parts := v_parts || format(
-        'SELECT ''dim_hash'', NULL::date, x.dim_hash, to_jsonb(x.fresh), to_jsonb(x.dim_hash), ''MISMATCH'', %s '
-        'FROM (SELECT DISTINCT dim_hash, %s AS fresh, %s FROM (%s) u) x WHERE x.dim_hash <> x.fresh',
+        'SELECT ''dim_hash'', NULL::date, x.dim_hash, to_jsonb(x."fresh$"), to_jsonb(x.dim_hash), ''MISMATCH'', %s '
+        'FROM (SELECT DISTINCT u.dim_hash, %s AS "fresh$", %s FROM (%s) u) x WHERE x.dim_hash <> x."fresh$"',
         accum._gen_dim_object(p_reg.dim_names, p_reg.dim_types, 'x.%I'), v_hash, v_dims,
         (SELECT string_agg(format('SELECT dim_hash, %s FROM accum.%I', v_dims, t), ' UNION ALL ')
          FROM unnest(ARRAY[r || '_movements'] || (SELECT array_agg(r || '_totals_' || l) FROM unnest(v_levels) l)

@@ -1,7 +1,8 @@
 -- 0007_alter_grants: register_alter (SPEC §6) and privileges (SPEC §3.3).
 
 -- (Re)applies grants to the group roles that exist; p_name NULL = schema-wide objects and
--- every register. Derived tables and the delta buffer get no write grant: only the owner's
+-- every register. Role memberships (reader in writer in admin) are the migrations runner's
+-- job: it holds CREATEROLE, the owner may not. Derived tables and the delta buffer get no write grant: only the owner's
 -- trigger and API functions write them.
 CREATE FUNCTION accum._apply_grants(p_name text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -39,7 +40,6 @@ BEGIN
         END IF;
     END IF;
     IF v_writer THEN
-        EXECUTE 'GRANT accum_reader TO accum_writer';
         FOR v_fn IN
             SELECT p.oid::regprocedure AS sig FROM pg_proc p
             WHERE p.pronamespace = 'accum'::regnamespace
@@ -51,7 +51,6 @@ BEGIN
         EXECUTE 'GRANT SELECT, INSERT, UPDATE, DELETE ON accum.consumer_offsets, accum.consumer_commands TO accum_writer';
     END IF;
     IF v_admin THEN
-        EXECUTE 'GRANT accum_writer TO accum_admin';
         FOR v_fn IN
             SELECT p.oid::regprocedure AS sig FROM pg_proc p
             WHERE p.pronamespace = 'accum'::regnamespace
