@@ -152,7 +152,7 @@ BEGIN
             EXECUTE format('ALTER TABLE accum.%I ALTER COLUMN %I DROP DEFAULT', r || '_movements', v_names[1]);
             IF v_t[2] = 'numeric' THEN
                 EXECUTE format('ALTER TABLE accum.%I ADD CONSTRAINT %I CHECK (%I > ''-Infinity'' AND %I < ''Infinity'')',
-                               r || '_movements', r || '_mv_finite_' || v_names[1], v_names[1], v_names[1]);
+                               r || '_movements', r || '_mv_finite' || (cardinality(v_reg.res_names) + i), v_names[1], v_names[1]);
             END IF;
             FOR v_types IN SELECT ARRAY[c.relname] FROM pg_class c WHERE c.relnamespace = 'accum'::regnamespace
                              AND c.relname IN (r || '_totals_day', r || '_totals_month', r || '_totals_year',
@@ -176,6 +176,10 @@ BEGIN
             EXECUTE format('ALTER TABLE accum.%I ADD COLUMN %I %s NOT NULL DEFAULT %L', r || '_movements', v_names[1],
                            accum._col_type(v_t), register_alter.backfill ->> v_names[1]);
             EXECUTE format('ALTER TABLE accum.%I ALTER COLUMN %I DROP DEFAULT', r || '_movements', v_names[1]);
+            IF v_t[2] IN ('text', 'varchar') THEN
+                EXECUTE format('ALTER TABLE accum.%I ADD CONSTRAINT %I CHECK (octet_length(%I) <= 1024)', r || '_movements',
+                               r || '_mv_len' || (cardinality(v_reg.dim_names) + i), v_names[1]);
+            END IF;
         END LOOP;
         SELECT array_agg(n ORDER BY n COLLATE "C"), array_agg(t ORDER BY n COLLATE "C") INTO v_names, v_types
         FROM unnest(v_reg.dim_names || string_to_array(v_new_dims[1], ','), v_reg.dim_types || string_to_array(v_new_dims[2], ';')) u(n, t);
