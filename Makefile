@@ -8,8 +8,12 @@ PY := $(VENV)/bin/python
 bootstrap:
 	@scripts/bootstrap.sh
 
+# The engine demo streams documents for DEMO_ARGS' duration, prints balances and turnovers, and
+# stops its PostgreSQL; `make run DEMO_ARGS=` streams until Ctrl-C.
+DEMO_ARGS ?= --duration 20
+
 run: bootstrap
-	$(VENV)/bin/accumulator demo
+	$(VENV)/bin/accumulator demo $(DEMO_ARGS)
 
 test: bootstrap
 	$(PY) -m pytest -q
