@@ -127,15 +127,17 @@ BEGIN
     IF v_base IN ('smallint', 'integer', 'bigint', 'numeric') THEN
         -- Fast path: plain decimals that fit by their digit counts need no further check;
         -- anything else (exponents, trailing zeros, strings of other shapes) takes the arms below.
+        -- (JSON number grammar: no leading zeros)
         v_arms := ' WHEN ' || v_txt || format(' ~ %L THEN NULL', CASE
-            WHEN v_base = 'smallint' THEN '^-?[0-9]{1,4}(\.0+)?$'
-            WHEN v_base = 'integer' THEN '^-?[0-9]{1,9}(\.0+)?$'
-            WHEN v_base = 'bigint' THEN '^-?[0-9]{1,18}(\.0+)?$'
+            WHEN v_base = 'smallint' THEN '^-?(0|[1-9][0-9]{0,3})(\.0+)?$'
+            WHEN v_base = 'integer' THEN '^-?(0|[1-9][0-9]{0,8})(\.0+)?$'
+            WHEN v_base = 'bigint' THEN '^-?(0|[1-9][0-9]{0,17})(\.0+)?$'
             WHEN p_t[3] IS NOT NULL THEN
-                '^-?' || CASE WHEN p_t[3]::int - p_t[4]::int > 0 THEN format('[0-9]{1,%s}', least(p_t[3]::int - p_t[4]::int, 255))
+                '^-?' || CASE WHEN p_t[3]::int - p_t[4]::int > 0
+                              THEN format('(0|[1-9][0-9]{0,%s})', least(p_t[3]::int - p_t[4]::int, 255) - 1)
                               ELSE '0' END
                       || CASE WHEN p_t[4]::int > 0 THEN format('(\.[0-9]{1,%s})?', least(p_t[4]::int, 255)) ELSE '' END || '$'
-            ELSE '^-?[0-9]{1,30}(\.[0-9]{1,30})?$' END);
+            ELSE '^-?(0|[1-9][0-9]{0,29})(\.[0-9]{1,30})?$' END);
         v_arms := v_arms
             || ' WHEN ' || v_typ || ' NOT IN (''number'', ''string'') THEN ' || accum._gen_err('22023', p_loc, 'num_type', p_j)
             || ' WHEN ' || v_typ || ' = ''string'' AND NOT (length(' || v_txt || ') <= 1100 AND ' || v_txt

@@ -197,7 +197,8 @@ DECLARE
     v_pos text := accum._list(p_reg.res_names, '%1$I');
     v_neg text := accum._list(p_reg.res_names, '-%1$I AS %1$I');
     v_src text;
-    v_head text := 'RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS %L';
+    -- jit off: compiling these small, frequent statements costs far more than it saves
+    v_head text := 'RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS %L';
     v_body text := E'#variable_conflict use_column\nDECLARE v$zero bigint[]; BEGIN %s RETURN NULL; END';
 BEGIN
     v_src := format('SELECT %s, %s FROM new_rows', v_cols, v_pos);
@@ -217,7 +218,9 @@ DECLARE
     r text := p_reg.name;
     v_tbl text := format('accum.%I', r || '_movements');
     v_cols text := 'recorder, period, ' || accum._list(p_reg.dim_names || p_reg.res_names, '%1$I');
-    v_head text := 'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS %L';
+    -- jit off: the planner's estimates for JSON expansion are large, and compiling the
+    -- generated expressions would cost seconds on wide registers for no gain
+    v_head text := 'LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS %L';
     v_rec_t text[] := accum._rec_type(p_reg);
     v_rec_array text := CASE p_reg.recorder_type WHEN 'text' THEN 'text[]' ELSE p_reg.recorder_type || '[]' END;
     v_body text;
@@ -231,7 +234,10 @@ BEGIN
 #variable_conflict use_column
 DECLARE v$err text[]; v$n integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(%3$s, q.k) FROM (SELECT DISTINCT hashtext(%4$s) AS k FROM jsonb_array_elements(p$data) s(m) ORDER BY 1) q;
+    -- lock keys use the canonical recorder when it is valid (an invalid one fails below)
+    PERFORM pg_advisory_xact_lock(%3$s, q.k) FROM (
+        SELECT DISTINCT hashtext(CASE WHEN %9$s IS NULL THEN %4$s ELSE s.m->>'recorder' END) AS k
+        FROM jsonb_array_elements(p$data) s(m) ORDER BY 1) q;
     INSERT INTO %5$s (%6$s) SELECT %7$s, %8$s FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)
     WHERE (%1$s) IS NULL ORDER BY s.n;
     GET DIAGNOSTICS v$n = ROW_COUNT;
@@ -244,7 +250,8 @@ BEGIN
 END$f$,
         accum._gen_movement_check(p_reg, 's.m', '''movements['' || (s.n - 1) || '']''', 'required'),
         r, p_reg.id, accum._gen_rec_canon(p_reg, 's.m->''recorder'''), v_tbl, v_cols,
-        accum._gen_conv(v_rec_t, 's.m->''recorder'''), accum._gen_movement_values(p_reg, 's.m'));
+        accum._gen_conv(v_rec_t, 's.m->''recorder'''), accum._gen_movement_values(p_reg, 's.m'),
+        accum._gen_value_check(v_rec_t, 's.m->''recorder''', '''''', 'recorder'));
     EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(p$data jsonb) RETURNS integer ' || v_head, '_' || r || '_post', v_body);
 
     -- unpost: lock the recorder, one DELETE.
@@ -420,7 +427,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION accum.register_post(p_register text, p_data jsonb) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS $$
 DECLARE
     v_reg accum._registers := accum._get_register('register_post', p_register);
     v_data jsonb := accum._data_array(p_register, p_data, 'p_data');
@@ -434,7 +441,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION accum.register_unpost(p_register text, p_recorder text) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS $$
 DECLARE
     v_reg accum._registers := accum._get_register('register_unpost', p_register);
     v_n integer;
@@ -447,7 +454,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION accum.register_repost(p_register text, p_recorder text, p_data jsonb) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS $$
 DECLARE
     v_reg accum._registers := accum._get_register('register_repost', p_register);
     v_data jsonb := accum._data_array(p_register, p_data, 'p_data');
@@ -462,7 +469,7 @@ END $$;
 
 CREATE FUNCTION accum.register_apply(p_commands jsonb, p_on_error text DEFAULT 'abort')
 RETURNS TABLE (ord integer, outcome text, affected integer, sqlstate text, message text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_skip boolean;

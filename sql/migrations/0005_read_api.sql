@@ -133,10 +133,10 @@ END$f$,
             'SELECT ' || replace(v_res_obj, '%', '%%') || ' FROM (' || v_union || ') x',
             v_res_cols, v_params);
         EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(dimensions jsonb DEFAULT NULL, at_date timestamptz DEFAULT NULL) '
-                       'RETURNS jsonb LANGUAGE plpgsql STABLE AS %L', r || '_balance', v_body);
+                       'RETURNS jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L', r || '_balance', v_body);
     ELSE
         EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(dimensions jsonb DEFAULT NULL, at_date timestamptz DEFAULT NULL) '
-                       'RETURNS jsonb LANGUAGE plpgsql STABLE AS %L', r || '_balance',
+                       'RETURNS jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L', r || '_balance',
                        format('BEGIN PERFORM accum._raise(''42809'', %L, ''balance is not available for a turnover register; use %s_turnover''); RETURN NULL; END',
                               r, r));
     END IF;
@@ -184,7 +184,7 @@ END$f$,
         (SELECT array_agg(accum._gen_dim_json(accum._parse_type(t), 'x.@') ORDER BY i)
          FROM unnest(p_reg.dim_types) WITH ORDINALITY u(t, i)));
     EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL, '
-                   'dimensions jsonb DEFAULT NULL, group_by jsonb DEFAULT NULL) RETURNS SETOF jsonb LANGUAGE plpgsql STABLE AS %L',
+                   'dimensions jsonb DEFAULT NULL, group_by jsonb DEFAULT NULL) RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L',
                    r || '_turnover', v_body);
 
     -- movements: filtered, ordered by period and id
@@ -219,6 +219,6 @@ END$f$,
         accum._gen_res_object(p_reg.res_names, p_reg.res_types, 'm.%I'),
         r || '_movements', accum._gen_filter_cond(p_reg, 'm.'));
     EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(p_recorder text DEFAULT NULL, from_date timestamptz DEFAULT NULL, '
-                   'to_date timestamptz DEFAULT NULL, dimensions jsonb DEFAULT NULL) RETURNS SETOF jsonb LANGUAGE plpgsql STABLE AS %L',
+                   'to_date timestamptz DEFAULT NULL, dimensions jsonb DEFAULT NULL) RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L',
                    r || '_movements', v_body);
 END $$;

@@ -248,62 +248,49 @@ BEGIN
     END LOOP;
 END $$;
 
+-- SECURITY DEFINER: it counts the default partition directly, and partitions grant nothing.
 CREATE FUNCTION accum.register_stats(p_name text) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, accum, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp AS $$
 DECLARE
     v_reg accum._registers := accum._get_register('register_stats', p_name);
     r text := v_reg.name;
+    v_parent regclass := format('accum.%I', r || '_movements')::regclass;
     v_out jsonb;
     v_n bigint;
+    v_oldest timestamptz;
+    v_level text;
     v_sizes jsonb;
 BEGIN
     EXECUTE format('SELECT count(*) FROM accum.%I', r || '_movements') INTO v_n;
-    v_out := jsonb_build_object('movements_count', v_n);
-    v_out := v_out || jsonb_build_object('partitions_count',
-        (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = format('accum.%I', r || '_movements')::regclass));
+    v_out := jsonb_build_object('movements_count', v_n,
+        'partitions_count', (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = v_parent));
     EXECUTE format('SELECT count(*) FROM accum.%I', r || '_movements_default') INTO v_n;
     v_out := v_out || jsonb_build_object('default_partition_rows', v_n);
     v_sizes := jsonb_build_object('movements',
-        (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i
-         WHERE i.inhparent = format('accum.%I', r || '_movements')::regclass));
-    FOR v_n IN 1 .. 1 LOOP END LOOP;
+        (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i WHERE i.inhparent = v_parent));
+    v_n := NULL;
     IF v_reg.kind = 'balance' THEN
         EXECUTE format('SELECT count(*) FROM accum.%I', r || '_balance_cache') INTO v_n;
-        v_out := v_out || jsonb_build_object('cache_rows', v_n);
-        v_sizes := v_sizes || jsonb_build_object('balance_cache', pg_total_relation_size(format('accum.%I', r || '_balance_cache')::regclass));
-    ELSE
-        v_out := v_out || jsonb_build_object('cache_rows', NULL);
+        v_sizes := v_sizes || jsonb_build_object('balance_cache', pg_total_relation_size(format('accum.%I', r || '_balance_cache')));
     END IF;
-    FOR i IN 1 .. 3 LOOP
-        IF (ARRAY['day', 'month', 'year'])[i] = ANY (accum._levels(v_reg.totals_period)) THEN
-            EXECUTE format('SELECT count(*) FROM accum.%I', r || '_totals_' || (ARRAY['day', 'month', 'year'])[i]) INTO v_n;
-            v_sizes := v_sizes || jsonb_build_object('totals_' || (ARRAY['day', 'month', 'year'])[i],
-                pg_total_relation_size(format('accum.%I', r || '_totals_' || (ARRAY['day', 'month', 'year'])[i])::regclass));
-        ELSE
-            v_n := NULL;
+    v_out := v_out || jsonb_build_object('cache_rows', v_n);
+    FOREACH v_level IN ARRAY ARRAY['day', 'month', 'year'] LOOP
+        v_n := NULL;
+        IF v_level = ANY (accum._levels(v_reg.totals_period)) THEN
+            EXECUTE format('SELECT count(*) FROM accum.%I', r || '_totals_' || v_level) INTO v_n;
+            v_sizes := v_sizes || jsonb_build_object('totals_' || v_level,
+                                                     pg_total_relation_size(format('accum.%I', r || '_totals_' || v_level)));
         END IF;
-        v_out := v_out || jsonb_build_object('totals_' || (ARRAY['day', 'month', 'year'])[i] || '_rows', v_n);
+        v_out := v_out || jsonb_build_object('totals_' || v_level || '_rows', v_n);
     END LOOP;
+    v_n := 0;
     IF v_reg.high_write THEN
-        EXECUTE format('SELECT jsonb_build_object(''delta_pending_rows'', count(*), ''delta_oldest_at'', min(created_at)) FROM accum.%I',
-                       r || '_delta') INTO v_sizes;
-        v_out := v_out || jsonb_build_object('delta_pending_rows', v_sizes->'delta_pending_rows',
-            'delta_oldest_at', CASE WHEN v_sizes->>'delta_oldest_at' IS NULL THEN NULL
-                                    ELSE to_jsonb(accum._ts_text((v_sizes->>'delta_oldest_at')::timestamptz, v_reg.time_zone)) END);
-        v_sizes := NULL;
-    ELSE
-        v_out := v_out || jsonb_build_object('delta_pending_rows', 0, 'delta_oldest_at', NULL);
+        EXECUTE format('SELECT count(*), min(created_at) FROM accum.%I', r || '_delta') INTO v_n, v_oldest;
+        v_sizes := v_sizes || jsonb_build_object('delta', pg_total_relation_size(format('accum.%I', r || '_delta')));
     END IF;
-    -- table sizes are collected last so the delta block above can reuse v_sizes
-    v_sizes := jsonb_build_object('movements',
-        (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i
-         WHERE i.inhparent = format('accum.%I', r || '_movements')::regclass));
-    SELECT v_sizes || coalesce(jsonb_object_agg(t, pg_total_relation_size(format('accum.%I', r || '_' || t)::regclass)), '{}')
-    INTO v_sizes
-    FROM unnest(ARRAY(SELECT 'totals_' || l FROM unnest(accum._levels(v_reg.totals_period)) l)
-                || CASE WHEN v_reg.kind = 'balance' THEN ARRAY['balance_cache'] ELSE '{}' END
-                || CASE WHEN v_reg.high_write THEN ARRAY['delta'] ELSE '{}' END) t;
-    RETURN v_out || jsonb_build_object('table_sizes', v_sizes);
+    RETURN v_out || jsonb_build_object('delta_pending_rows', v_n,
+        'delta_oldest_at', CASE WHEN v_oldest IS NOT NULL THEN accum._ts_text(v_oldest, v_reg.time_zone) END,
+        'table_sizes', v_sizes);
 END $$;
 
 CREATE FUNCTION accum.register_partitions(p_name text)
