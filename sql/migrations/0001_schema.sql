@@ -213,7 +213,7 @@ $$;
 
 CREATE FUNCTION accum._date_text(p_date date) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT to_char(p_date, 'FMYYYY-MM-DD')
+    SELECT to_char(p_date, 'YYYY-MM-DD')
 $$;
 
 -- Local start of a day as an instant in a zone.

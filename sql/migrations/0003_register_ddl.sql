@@ -446,16 +446,16 @@ BEGIN
 END $$;
 
 -- Bounds of a range partition as instants, read from its bound expression.
+-- pg_get_expr prints bounds in the session's DateStyle and TimeZone, whose abbreviations may
+-- not read back: pin both for the round trip.
 CREATE FUNCTION accum._partition_bounds(p_oid oid, OUT is_default boolean, OUT lo timestamptz, OUT hi timestamptz)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET datestyle = 'ISO, YMD' SET timezone = 'UTC' AS $$
 DECLARE
     v_expr text := pg_get_expr((SELECT c.relpartbound FROM pg_class c WHERE c.oid = p_oid), p_oid);
     v_m text[];
 BEGIN
     is_default := v_expr = 'DEFAULT';
     IF NOT is_default THEN
-        -- pg_get_expr prints the bounds in the session's DateStyle and TimeZone; read them back
-        -- in the same session, so the round trip is exact.
         v_m := regexp_match(v_expr, '^FOR VALUES FROM \(''(.*)''\) TO \(''(.*)''\)$');
         lo := v_m[1]::timestamptz;
         hi := v_m[2]::timestamptz;

@@ -34,6 +34,69 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                                     ELSE accum._parse_type(p_reg.recorder_type) END
 $$;
 
+-- Boolean SQL expression: the JSON value p_j is valid for parsed type p_t in its common
+-- shapes (false can still be valid: exponents, trailing zeros, upper-case uuids ... go to the
+-- full check). Kept small on purpose: the per-call cost of a statement grows with the size of
+-- its expressions, and the full check (_gen_value_check) runs only when this says false.
+CREATE FUNCTION accum._gen_fast_value(p_t text[], p_j text, p_role text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_txt text := format('(%s #>> ''{}'')', p_j);
+BEGIN
+    RETURN CASE p_t[2]
+        WHEN 'smallint' THEN format('%s ~ %L', v_txt, '^-?(0|[1-9][0-9]{0,3})$')
+        WHEN 'integer' THEN format('%s ~ %L', v_txt, '^-?(0|[1-9][0-9]{0,8})$')
+        WHEN 'bigint' THEN format('%s ~ %L', v_txt, '^-?(0|[1-9][0-9]{0,17})$')
+        WHEN 'numeric' THEN format('%s ~ %L', v_txt, CASE WHEN p_t[3] IS NULL THEN '^-?(0|[1-9][0-9]{0,29})(\.[0-9]{1,30})?$'
+            ELSE '^-?' || CASE WHEN p_t[3]::int - p_t[4]::int > 0
+                              THEN format('(0|[1-9][0-9]{0,%s})', least(p_t[3]::int - p_t[4]::int, 255) - 1) ELSE '0' END
+                       || CASE WHEN p_t[4]::int > 0 THEN format('(\.[0-9]{1,%s})?', least(p_t[4]::int, 255)) ELSE '' END || '$' END)
+        WHEN 'text' THEN format('jsonb_typeof(%s) = ''string'' AND octet_length(%s) BETWEEN %s AND 1024', p_j, v_txt,
+                                CASE WHEN p_role = 'recorder' THEN 1 ELSE 0 END)
+        WHEN 'varchar' THEN format('jsonb_typeof(%s) = ''string'' AND octet_length(%s) <= 1024 AND char_length(%s) <= %s',
+                                   p_j, v_txt, v_txt, p_t[3])
+        WHEN 'uuid' THEN format('jsonb_typeof(%s) = ''string'' AND %s ~ %L', p_j, v_txt,
+                                '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
+        WHEN 'date' THEN format('jsonb_typeof(%s) = ''string'' AND %s ~ %L', p_j, v_txt,
+                                '^[0-9]{3}[1-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$')
+        WHEN 'boolean' THEN format('jsonb_typeof(%s) = ''boolean''', p_j)
+    END;
+END $$;
+
+-- Boolean SQL expression: movement p_m is valid in its common shapes (see _gen_fast_value);
+-- periods on days 29-31 or in years 0000, 0001 and 9999 take the full check.
+CREATE FUNCTION accum._gen_movement_fast(p_reg accum._registers, p_m text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_names text[] := ARRAY['recorder', 'period'] || p_reg.dim_names || p_reg.res_names;
+    v_parts text[] := '{}';
+    v_bytes text[] := '{}';
+    v_t text[];
+BEGIN
+    v_parts := v_parts || accum._gen_fast_value(accum._rec_type(p_reg), format('(%s)->''recorder''', p_m), 'recorder');
+    v_parts := v_parts || format('jsonb_typeof((%1$s)->''period'') = ''string'' AND ((%1$s)->>''period'') ~ %2$L',
+        p_m, '^([0-9]{3}[2-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])'
+             || '([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?(Z|[+-](0[0-9]|1[0-5])(:[0-5][0-9])?)?$');
+    FOR i IN 1 .. cardinality(p_reg.dim_names) LOOP
+        v_t := accum._parse_type(p_reg.dim_types[i]);
+        v_parts := v_parts || accum._gen_fast_value(v_t, format('(%s)->%L', p_m, p_reg.dim_names[i]), 'dimension');
+        IF v_t[2] IN ('text', 'varchar', 'numeric') THEN
+            v_bytes := v_bytes || format('octet_length((%s)->>%L)', p_m, p_reg.dim_names[i]);
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(p_reg.res_names) LOOP
+        v_parts := v_parts || accum._gen_fast_value(accum._parse_type(p_reg.res_types[i]),
+                                                    format('(%s)->%L', p_m, p_reg.res_names[i]), 'resource');
+    END LOOP;
+    IF cardinality(v_bytes) > 1 THEN
+        v_parts := v_parts || format('%s <= 1900', array_to_string(v_bytes, ' + '));
+    END IF;
+    -- CASE, not AND: the key tests must not run on a non-object
+    RETURN format('CASE WHEN jsonb_typeof(%1$s) = ''object'' AND (%1$s) - %2$L::text[] = ''{}''::jsonb AND (%1$s) ?& %2$L::text[] '
+                  'THEN coalesce(%3$s, false) ELSE false END',
+                  p_m, v_names, '(' || array_to_string(v_parts, ') AND (') || ')');
+END $$;
+
 -- Bucket (local start date) of an instant expression for a level, in the register zone.
 CREATE FUNCTION accum._gen_bucket(p_reg accum._registers, p_level text, p_ts text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -227,31 +290,35 @@ DECLARE
     v_cmd_check text;
     v_v_cte text;
 BEGIN
-    -- post: lock recorders (sorted), one INSERT of the valid movements. When any movement
-    -- was invalid the first error is looked up and raised, which undoes the INSERT: the
-    -- valid path evaluates each check once, in the same statement that converts.
+    -- post: one pass takes the recorder locks (sorted) and runs the small fast check; only
+    -- when a movement fails it does the full check run (to raise the first error, or to find
+    -- the rest valid in unusual shapes). Then one INSERT: a second one would revisit the
+    -- derived tables after the cache and break the lock order (SPEC §12).
     v_body := format($f$
 #variable_conflict use_column
-DECLARE v$err text[]; v$n integer;
+DECLARE v$err text[]; v$n integer; v$ok boolean;
 BEGIN
     -- lock keys use the canonical recorder when it is valid (an invalid one fails below)
-    PERFORM pg_advisory_xact_lock(%3$s, q.k) FROM (
-        SELECT DISTINCT hashtext(CASE WHEN %9$s IS NULL THEN %4$s ELSE s.m->>'recorder' END) AS k
-        FROM jsonb_array_elements(p$data) s(m) ORDER BY 1) q;
-    INSERT INTO %5$s (%6$s) SELECT %7$s, %8$s FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)
-    WHERE (%1$s) IS NULL ORDER BY s.n;
-    GET DIAGNOSTICS v$n = ROW_COUNT;
-    IF v$n <> jsonb_array_length(p$data) THEN
+    SELECT bool_and(q.ok) INTO v$ok
+    FROM (SELECT s.k, bool_and(s.ok) AS ok
+          FROM (SELECT hashtext(CASE WHEN %9$s IS NULL THEN %4$s ELSE s.m->>'recorder' END) AS k, %10$s AS ok
+                FROM jsonb_array_elements(p$data) s(m)) s
+          GROUP BY s.k ORDER BY s.k) q
+    CROSS JOIN LATERAL (SELECT pg_advisory_xact_lock(%3$s, q.k)) l;
+    IF NOT v$ok THEN
         SELECT q.e INTO v$err FROM (SELECT s.n, %1$s AS e FROM jsonb_array_elements(p$data) WITH ORDINALITY s(m, n)) q
         WHERE q.e IS NOT NULL ORDER BY q.n LIMIT 1;
-        PERFORM accum._raise_err(%2$L, v$err);
+        IF v$err IS NOT NULL THEN PERFORM accum._raise_err(%2$L, v$err); END IF;
     END IF;
+    INSERT INTO %5$s (%6$s) SELECT %7$s, %8$s FROM jsonb_array_elements(p$data) s(m);
+    GET DIAGNOSTICS v$n = ROW_COUNT;
     RETURN v$n;
 END$f$,
         accum._gen_movement_check(p_reg, 's.m', '''movements['' || (s.n - 1) || '']''', 'required'),
         r, p_reg.id, accum._gen_rec_canon(p_reg, 's.m->''recorder'''), v_tbl, v_cols,
         accum._gen_conv(v_rec_t, 's.m->''recorder'''), accum._gen_movement_values(p_reg, 's.m'),
-        accum._gen_value_check(v_rec_t, 's.m->''recorder''', '''''', 'recorder'));
+        accum._gen_value_check(v_rec_t, 's.m->''recorder''', '''''', 'recorder'),
+        accum._gen_movement_fast(p_reg, 's.m'));
     EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(p$data jsonb) RETURNS integer ' || v_head, '_' || r || '_post', v_body);
 
     -- unpost: lock the recorder, one DELETE.
