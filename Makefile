@@ -22,8 +22,9 @@ lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# make bench [SCENARIO=post_batch,hot_key] [BENCH_ARGS='--scale 0.1 --check']
 bench: bootstrap
-	$(PY) -m bench
+	$(PY) -m bench $(if $(SCENARIO),--only $(SCENARIO)) $(BENCH_ARGS)
 
 # Regenerate tests/sql/expected_catalog.txt from a freshly migrated database; review the diff, commit.
 catalog: bootstrap

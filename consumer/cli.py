@@ -602,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", metavar="FILE")
     p.add_argument("--generate-ids", action="store_true")
     p.add_argument("--skip-invalid", action="store_true")
-    p = _command(sub, "bench", cmd_not_yet, "benchmark suite (not available in this version yet)")
-    p.add_argument("--scale", type=_positive_int)
+    p = _command(sub, "bench", cmd_bench, "benchmark suite (SPEC §21; needs bench/ of a source checkout)")
+    p.add_argument("--scale", type=float, help="fraction of the default load (1 = 1M history movements)")
     p.add_argument("--only", type=_name_list)
     p.add_argument("--out", metavar="FILE")
     p.add_argument("--check", action="store_true")
@@ -801,6 +801,26 @@ def configure_logging(settings: Settings) -> None:
 
 def cmd_not_yet(ctx: Context, args: argparse.Namespace) -> int:
     raise UsageError(f"{args.command}: not available in this version yet")
+
+
+def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
+    """Hand over to the suite in bench/ (a source checkout only: the wheel does not ship it)."""
+    try:
+        from bench.cli import main as bench_main  # optional: source checkout only
+    except ImportError as exc:
+        raise UsageError("bench: the suite is in bench/ of a source checkout; run `make bench` there") from exc
+    argv: list[str] = []
+    if args.scale is not None:
+        argv += ["--scale", str(args.scale)]
+    if args.only:
+        argv += ["--only", ",".join(args.only)]
+    if args.out:
+        argv += ["--out", args.out]
+    if args.check:
+        argv.append("--check")
+    if ctx.settings.dsn is not None or ctx.settings.dsn_file is not None:
+        argv += ["--dsn", ctx.settings.database_dsn()]
+    return bench_main(argv)
 
 
 def cmd_migrate(ctx: Context, args: argparse.Namespace) -> int:

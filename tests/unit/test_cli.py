@@ -126,7 +126,7 @@ USAGE_ERRORS = [
     pytest.param(["consume"], "not available in this version yet", id="consume-stub"),
     pytest.param(["compact", "--once"], "not available in this version yet", id="compact-stub"),
     pytest.param(["send"], "not available in this version yet", id="send-stub"),
-    pytest.param(["bench"], "not available in this version yet", id="bench-stub"),
+    pytest.param(["bench", "--scale", "x"], "invalid float value", id="bench-bad-scale"),
 ]
 
 

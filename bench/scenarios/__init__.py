@@ -1,0 +1,1 @@
+"""Scenarios, one module per family; each returns table rows (``bench.report.Result``)."""
