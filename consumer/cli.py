@@ -808,7 +808,7 @@ def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
     try:
         from bench.cli import main as bench_main  # optional: source checkout only
     except ImportError as exc:
-        raise UsageError("bench: the suite is in bench/ of a source checkout; run `make bench` there") from exc
+        raise UsageError("bench: the suite is in bench/ of a source checkout: run `make bench`") from exc
     argv: list[str] = []
     if args.scale is not None:
         argv += ["--scale", str(args.scale)]
