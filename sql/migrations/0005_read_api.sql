@@ -51,38 +51,42 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         || accum._list(p_reg.dim_names, format(' AND ("f$%%1$s" IS NULL OR %s%%1$I = "f$%%1$s")', p_alias), '')
 $$;
 
--- Dynamic-SQL template: the union of every source of the instant range held in $1 (an
--- accum._range_split), each branch selecting the columns %1$s (unqualified), filtered by
--- $2 (hash) and $3... (dimensions).
-CREATE FUNCTION accum._gen_range_union(p_reg accum._registers) RETURNS text
+-- The union of every source of an instant range: whole years, months and days from totals
+-- (plus pending deltas), the partial stretches from movements. Each range is a branch of its
+-- own, so it is an index condition. p_sp references the accum._range_split (a variable, or
+-- ($1) in dynamic SQL), p_select is each branch's select list, p_cond the filter, both on
+-- unqualified columns.
+CREATE FUNCTION accum._gen_range_union(p_reg accum._registers, p_select text, p_cond text, p_sp text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     r text := p_reg.name;
-    v_cond text;
     v_levels text[] := accum._levels(p_reg.totals_period);
     v_parts text[] := '{}';
+    v_ranges text[];
 BEGIN
-    -- dimension k is parameter $(k+2)
-    v_cond := '($2 IS NULL OR dim_hash = $2)';
-    FOR i IN 1 .. cardinality(p_reg.dim_names) LOOP
-        v_cond := v_cond || format(' AND ($%s IS NULL OR %I = $%s)', i + 2, p_reg.dim_names[i], i + 2);
-    END LOOP;
-    v_parts := v_parts || format('SELECT %%1$s FROM accum.%I WHERE period >= ($1).ys AND period < ($1).ye AND %s',
-                                 r || '_totals_year', v_cond);
+    v_parts := v_parts || ('SELECT ' || p_select || format(' FROM accum.%I WHERE period >= %2$s.ys AND period < %2$s.ye AND ',
+                                                           r || '_totals_year', p_sp) || p_cond);
     IF 'month' = ANY (v_levels) THEN
-        v_parts := v_parts || format('SELECT %%1$s FROM accum.%I WHERE ((period >= ($1).ms AND period < ($1).ys) '
-                                     'OR (period >= ($1).ye AND period < ($1).me)) AND %s', r || '_totals_month', v_cond);
+        FOREACH v_ranges SLICE 1 IN ARRAY ARRAY[['ms', 'ys'], ['ye', 'me']] LOOP
+            v_parts := v_parts || ('SELECT ' || p_select || format(' FROM accum.%I WHERE period >= %2$s.%3$s AND period < %2$s.%4$s AND ',
+                                                                   r || '_totals_month', p_sp, v_ranges[1], v_ranges[2]) || p_cond);
+        END LOOP;
     END IF;
     IF 'day' = ANY (v_levels) THEN
-        v_parts := v_parts || format('SELECT %%1$s FROM accum.%I WHERE ((period >= ($1).s AND period < ($1).ms) '
-                                     'OR (period >= ($1).me AND period < ($1).e)) AND %s', r || '_totals_day', v_cond);
+        FOREACH v_ranges SLICE 1 IN ARRAY ARRAY[['s', 'ms'], ['me', 'e']] LOOP
+            v_parts := v_parts || ('SELECT ' || p_select || format(' FROM accum.%I WHERE period >= %2$s.%3$s AND period < %2$s.%4$s AND ',
+                                                                   r || '_totals_day', p_sp, v_ranges[1], v_ranges[2]) || p_cond);
+        END LOOP;
     END IF;
     IF p_reg.high_write THEN
-        v_parts := v_parts || format('SELECT %%1$s FROM accum.%I WHERE bucket >= ($1).s AND bucket < ($1).e AND %s',
-                                     r || '_delta', v_cond);
+        v_parts := v_parts || ('SELECT ' || p_select || format(' FROM accum.%I WHERE bucket >= %2$s.s AND bucket < %2$s.e AND ',
+                                                               r || '_delta', p_sp) || p_cond);
     END IF;
-    v_parts := v_parts || format('SELECT %%1$s FROM accum.%I WHERE ((period >= ($1).raw1_from AND period < ($1).raw1_to) '
-                                 'OR period >= ($1).raw2_from) AND period <= ($1).raw2_to AND %s', r || '_movements', v_cond);
+    v_parts := v_parts
+        || ('SELECT ' || p_select || format(' FROM accum.%I WHERE period >= %2$s.raw1_from AND period < %2$s.raw1_to '
+                                            'AND period <= %2$s.raw2_to AND ', r || '_movements', p_sp) || p_cond)
+        || ('SELECT ' || p_select || format(' FROM accum.%I WHERE period >= %2$s.raw2_from AND period <= %2$s.raw2_to AND ',
+                                            r || '_movements', p_sp) || p_cond);
     RETURN array_to_string(v_parts, ' UNION ALL ');
 END $$;
 
@@ -96,7 +100,13 @@ DECLARE
     v_res_cols text := accum._list(p_reg.res_names, '%1$I');
     v_res_cols_c text := accum._list(p_reg.res_names, 'c.%1$I');
     v_full_cond text := 'c.dim_hash = v$hash' || accum._list(p_reg.dim_names, ' AND c.%1$I = "f$%1$s"', '');
-    v_union text := accum._gen_range_union(p_reg);
+    -- dynamic template: select list %1$s, split in $1, hash in $2, dimension k in $(k+2)
+    v_union text := accum._gen_range_union(p_reg, '%1$s', '($2 IS NULL OR dim_hash = $2)'
+        || (SELECT coalesce(string_agg(format(' AND ($%s IS NULL OR %I = $%s)', i + 2, n, i + 2), '' ORDER BY i), '')
+            FROM unnest(p_reg.dim_names) WITH ORDINALITY u(n, i)), '($1)');
+    -- static, for a full key: PL/pgSQL keeps its plan
+    v_union_full text := accum._gen_range_union(p_reg, accum._list(p_reg.res_names, '%1$I'),
+        'dim_hash = v$hash' || accum._list(p_reg.dim_names, ' AND %1$I = "f$%1$s"', ''), 'v$sp');
     v_params text := 'v$sp, v$hash' || accum._list(p_reg.dim_names, ', "f$%1$s"', '');
     v_level text := (accum._levels(p_reg.totals_period))[1];
     v_rec_t text[] := accum._rec_type(p_reg);
@@ -124,14 +134,18 @@ BEGIN
         RETURN v$out;
     END IF;
     v$sp := accum._split_range(NULL, v$at, %11$L, %12$L);
-    EXECUTE format(%13$L, %14$L) INTO v$out USING %15$s;
+    IF v$hash IS NOT NULL THEN
+        SELECT %4$s INTO v$out FROM (%16$s) x;
+    ELSE
+        EXECUTE format(%13$L, %14$L) INTO v$out USING %15$s;
+    END IF;
     RETURN v$out;
 END$f$,
             r || '_balance', v_filter[1], v_filter[2], v_res_obj, v_res_cols_c, r || '_balance_cache',
             v_full_cond, v_delta_full, accum._gen_filter_cond(p_reg, 'c.'), v_delta_any,
             p_reg.time_zone, v_level,
             'SELECT ' || replace(v_res_obj, '%', '%%') || ' FROM (' || v_union || ') x',
-            v_res_cols, v_params);
+            v_res_cols, v_params, v_union_full);
         EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(dimensions jsonb DEFAULT NULL, at_date timestamptz DEFAULT NULL) '
                        'RETURNS jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L', r || '_balance', v_body);
     ELSE
@@ -164,6 +178,10 @@ BEGIN
         END IF;
     END IF;
     v$sp := accum._split_range(%1$I.from_date, %1$I.to_date, %6$L, %7$L);
+    IF coalesce(cardinality(v$names), 0) = 0 AND v$hash IS NOT NULL THEN
+        RETURN QUERY SELECT %13$s FROM (%14$s) x;
+        RETURN;
+    END IF;
     IF coalesce(cardinality(v$names), 0) = 0 THEN
         RETURN QUERY EXECUTE format(%8$L, %9$L) USING %10$s;
         RETURN;
@@ -182,7 +200,8 @@ END$f$,
             || v_union || ') x GROUP BY %3$s HAVING NOT ('
             || replace(accum._list(p_reg.res_names, 'coalesce(sum(x.%1$I), 0) = 0', ' AND '), '%', '%%') || ') ORDER BY %3$s',
         (SELECT array_agg(accum._gen_dim_json(accum._parse_type(t), 'x.@') ORDER BY i)
-         FROM unnest(p_reg.dim_types) WITH ORDINALITY u(t, i)));
+         FROM unnest(p_reg.dim_types) WITH ORDINALITY u(t, i)),
+        v_res_obj, v_union_full);
     EXECUTE format('CREATE OR REPLACE FUNCTION accum.%I(from_date timestamptz DEFAULT NULL, to_date timestamptz DEFAULT NULL, '
                    'dimensions jsonb DEFAULT NULL, group_by jsonb DEFAULT NULL) RETURNS SETOF jsonb LANGUAGE plpgsql STABLE SET jit = off AS %L',
                    r || '_turnover', v_body);
