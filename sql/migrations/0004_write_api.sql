@@ -493,17 +493,24 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- The hot path of single posts: a registry probe and one dynamic call, nothing more.
 CREATE FUNCTION accum.register_post(p_register text, p_data jsonb) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS $$
 DECLARE
-    v_reg accum._registers := accum._get_register('register_post', p_register);
-    v_data jsonb := accum._data_array(p_register, p_data, 'p_data');
     v_n integer;
 BEGIN
-    IF jsonb_array_length(v_data) = 0 THEN
+    PERFORM FROM accum._registers g WHERE g.name = p_register;
+    IF NOT FOUND THEN
+        PERFORM accum._get_register('register_post', p_register);  -- raises 22004 or 42704
+    END IF;
+    IF jsonb_typeof(p_data) = 'object' THEN
+        p_data := jsonb_build_array(p_data);
+    ELSIF jsonb_typeof(p_data) IS DISTINCT FROM 'array' THEN
+        p_data := accum._data_array(p_register, p_data, 'p_data');  -- raises 22004 or 22023
+    ELSIF jsonb_array_length(p_data) = 0 THEN
         RETURN 0;
     END IF;
-    EXECUTE format('SELECT accum.%I($1)', '_' || v_reg.name || '_post') INTO v_n USING v_data;
+    EXECUTE 'SELECT accum.' || quote_ident('_' || p_register || '_post') || '($1)' INTO v_n USING p_data;
     RETURN v_n;
 END $$;
 
