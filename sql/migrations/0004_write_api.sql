@@ -258,7 +258,8 @@ DECLARE
     r text := p_reg.name;
     v_cols text := 'dim_hash, period, ' || accum._list(p_reg.dim_names, '%1$I');
     v_pos text := accum._list(p_reg.res_names, '%1$I');
-    v_neg text := accum._list(p_reg.res_names, '-%1$I AS %1$I');
+    -- negate as numeric: -(minimum integer) overflows the column's own type
+    v_neg text := accum._list(p_reg.res_names, '-(%1$I::numeric) AS %1$I');
     v_src text;
     -- jit off: compiling these small, frequent statements costs far more than it saves
     v_head text := 'RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, accum, pg_temp SET jit = off AS %L';

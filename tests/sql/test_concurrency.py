@@ -29,7 +29,7 @@ from psycopg.rows import TupleRow
 Conn = psycopg.Connection[TupleRow]
 
 WRITERS = 8
-OPS_PER_WRITER = 40
+OPS_PER_WRITER = 100
 ITEMS = ("a|b", "Склад", "q'\"\\")
 WHS = (1, 2)
 # Reposted documents are only reposted or unposted; posted ones only posted or unposted: then "whole
