@@ -250,6 +250,34 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     FROM unnest(p_names) WITH ORDINALITY AS u(n, i)
 $$;
 
+-- SQL expression: bytes the dimension values of a movement take (SPEC §4.2), or NULL when
+-- every dimension is fixed-width (then the key is small by construction). p_ref formats a
+-- dimension name (%1$s quoted literal, %2$s quoted identifier) into a text-valued expression.
+CREATE FUNCTION accum._gen_key_bytes(p_reg accum._registers, p_ref text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_bytes text[] := '{}';
+    v_fixed integer := 0;
+    v_ref text;
+BEGIN
+    FOR i IN 1 .. cardinality(p_reg.dim_names) LOOP
+        v_ref := format(p_ref, quote_literal(p_reg.dim_names[i]), quote_ident(p_reg.dim_names[i]));
+        CASE (accum._parse_type(p_reg.dim_types[i]))[2]
+            WHEN 'text', 'varchar' THEN v_bytes := v_bytes || format('octet_length(%s)', v_ref);
+            WHEN 'numeric' THEN v_bytes := v_bytes || format('length(%s)', v_ref);
+            WHEN 'smallint' THEN v_fixed := v_fixed + 2;
+            WHEN 'integer', 'date' THEN v_fixed := v_fixed + 4;
+            WHEN 'bigint' THEN v_fixed := v_fixed + 8;
+            WHEN 'uuid' THEN v_fixed := v_fixed + 16;
+            WHEN 'boolean' THEN v_fixed := v_fixed + 1;
+        END CASE;
+    END LOOP;
+    IF cardinality(v_bytes) = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN format('(%s + %s)', array_to_string(v_bytes, ' + '), v_fixed);
+END $$;
+
 -- SQL expression checking one movement object p_m (an SQL expression of type jsonb)
 -- located at p_loc (an SQL text expression). p_recorder_mode:
 --   'required'  the movement must carry "recorder" (register_post)
@@ -266,8 +294,7 @@ DECLARE
     v_j text;
     v_floc text;
     v_rec_t text[] := accum._parse_type(p_reg.recorder_type);
-    v_bytes text[] := '{}';
-    v_fixed integer := 0;
+    v_bytes text;
     v_t text[];
 BEGIN
     IF p_reg.recorder_type = 'bigint' THEN
@@ -296,15 +323,6 @@ BEGIN
         v_floc := format('%s || %L', p_loc, '.' || p_reg.dim_names[i]);
         v_checks := v_checks || format('CASE WHEN jsonb_typeof(%s) = ''null'' THEN %s ELSE %s END',
             v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_t, v_j, v_floc, 'dimension'));
-        CASE v_t[2]
-            WHEN 'text', 'varchar' THEN v_bytes := v_bytes || format('octet_length(%s #>> ''{}'')', v_j);
-            WHEN 'numeric' THEN v_bytes := v_bytes || format('length(%s #>> ''{}'')', v_j);
-            WHEN 'smallint' THEN v_fixed := v_fixed + 2;
-            WHEN 'integer', 'date' THEN v_fixed := v_fixed + 4;
-            WHEN 'bigint' THEN v_fixed := v_fixed + 8;
-            WHEN 'uuid' THEN v_fixed := v_fixed + 16;
-            WHEN 'boolean' THEN v_fixed := v_fixed + 1;
-        END CASE;
     END LOOP;
     FOR i IN 1 .. array_length(p_reg.res_names, 1) LOOP
         v_t := accum._parse_type(p_reg.res_types[i]);
@@ -314,10 +332,10 @@ BEGIN
             v_j, accum._gen_err('22004', v_floc, 'null'), accum._gen_value_check(v_t, v_j, v_floc, 'resource'));
     END LOOP;
     -- the whole key must stay far below the B-tree row limit (SPEC §4.2)
-    IF cardinality(v_bytes) > 0 THEN
-        v_checks := v_checks || format('CASE WHEN %s + %s > 2048 THEN %s END',
-            array_to_string(v_bytes, ' + '), v_fixed,
-            accum._gen_err('54000', p_loc, 'key_bytes', 'NULL', format('(%s + %s)::text', array_to_string(v_bytes, ' + '), v_fixed)));
+    v_bytes := accum._gen_key_bytes(p_reg, '((' || p_m || ')->%1$s #>> ''{}'')');
+    IF v_bytes IS NOT NULL THEN
+        v_checks := v_checks || format('CASE WHEN %s > 2048 THEN %s END', v_bytes,
+                                       accum._gen_err('54000', p_loc, 'key_bytes', 'NULL', v_bytes || '::text'));
     END IF;
     RETURN format(
         'CASE WHEN jsonb_typeof(%1$s) <> ''object'' THEN %6$s '

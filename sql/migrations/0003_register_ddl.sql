@@ -180,9 +180,7 @@ DECLARE
     v_min timestamptz := make_timestamp(1, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
     v_max timestamptz := make_timestamp(10000, 1, 1, 0, 0, 0) AT TIME ZONE p_reg.time_zone;
     v_checks text := '';
-    v_bytes text[] := '{}';
-    v_fixed integer := 0;
-    v_t text[];
+    v_bytes text;
 BEGIN
     v_checks := format(', CONSTRAINT %I CHECK (period >= %L AND period < %L)', r || '_mv_period',
                        accum._ts_lit(v_min), accum._ts_lit(v_max));
@@ -190,23 +188,14 @@ BEGIN
         v_checks := v_checks || format(', CONSTRAINT %I CHECK (octet_length(recorder) BETWEEN 1 AND 1024)', r || '_mv_recorder');
     END IF;
     FOR i IN 1 .. array_length(p_reg.dim_names, 1) LOOP
-        v_t := accum._parse_type(p_reg.dim_types[i]);
-        CASE v_t[2]
-            WHEN 'text', 'varchar' THEN
-                v_bytes := v_bytes || format('octet_length(%I)', p_reg.dim_names[i]);
-                v_checks := v_checks || format(', CONSTRAINT %I CHECK (octet_length(%I) <= 1024)',
-                                               r || '_mv_len' || i, p_reg.dim_names[i]);
-            WHEN 'numeric' THEN v_bytes := v_bytes || format('length(%I::text)', p_reg.dim_names[i]);
-            WHEN 'smallint' THEN v_fixed := v_fixed + 2;
-            WHEN 'integer', 'date' THEN v_fixed := v_fixed + 4;
-            WHEN 'bigint' THEN v_fixed := v_fixed + 8;
-            WHEN 'uuid' THEN v_fixed := v_fixed + 16;
-            WHEN 'boolean' THEN v_fixed := v_fixed + 1;
-        END CASE;
+        IF (accum._parse_type(p_reg.dim_types[i]))[2] IN ('text', 'varchar') THEN
+            v_checks := v_checks || format(', CONSTRAINT %I CHECK (octet_length(%I) <= 1024)',
+                                           r || '_mv_len' || i, p_reg.dim_names[i]);
+        END IF;
     END LOOP;
-    IF cardinality(v_bytes) > 0 THEN
-        v_checks := v_checks || format(', CONSTRAINT %I CHECK (%s + %s <= 2048)', r || '_mv_key',
-                                       array_to_string(v_bytes, ' + '), v_fixed);
+    v_bytes := accum._gen_key_bytes(p_reg, '(%2$s::text)');
+    IF v_bytes IS NOT NULL THEN
+        v_checks := v_checks || format(', CONSTRAINT %I CHECK (%s <= 2048)', r || '_mv_key', v_bytes);
     END IF;
     FOR i IN 1 .. array_length(p_reg.res_names, 1) LOOP
         IF (accum._parse_type(p_reg.res_types[i]))[2] = 'numeric' THEN

@@ -70,7 +70,7 @@ LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_names text[] := ARRAY['recorder', 'period'] || p_reg.dim_names || p_reg.res_names;
     v_parts text[] := '{}';
-    v_bytes text[] := '{}';
+    v_bytes text := accum._gen_key_bytes(p_reg, '((' || p_m || ')->%1$s #>> ''{}'')');
     v_t text[];
 BEGIN
     v_parts := v_parts || accum._gen_fast_value(accum._rec_type(p_reg), format('(%s)->''recorder''', p_m), 'recorder');
@@ -80,16 +80,13 @@ BEGIN
     FOR i IN 1 .. cardinality(p_reg.dim_names) LOOP
         v_t := accum._parse_type(p_reg.dim_types[i]);
         v_parts := v_parts || accum._gen_fast_value(v_t, format('(%s)->%L', p_m, p_reg.dim_names[i]), 'dimension');
-        IF v_t[2] IN ('text', 'varchar', 'numeric') THEN
-            v_bytes := v_bytes || format('octet_length((%s)->>%L)', p_m, p_reg.dim_names[i]);
-        END IF;
     END LOOP;
     FOR i IN 1 .. cardinality(p_reg.res_names) LOOP
         v_parts := v_parts || accum._gen_fast_value(accum._parse_type(p_reg.res_types[i]),
                                                     format('(%s)->%L', p_m, p_reg.res_names[i]), 'resource');
     END LOOP;
-    IF cardinality(v_bytes) > 1 THEN
-        v_parts := v_parts || format('%s <= 1900', array_to_string(v_bytes, ' + '));
+    IF v_bytes IS NOT NULL THEN
+        v_parts := v_parts || format('%s <= 2048', v_bytes);
     END IF;
     -- CASE, not AND: the key tests must not run on a non-object
     RETURN format('CASE WHEN jsonb_typeof(%1$s) = ''object'' AND (%1$s) - %2$L::text[] = ''{}''::jsonb AND (%1$s) ?& %2$L::text[] '
