@@ -7,6 +7,7 @@ create the demo registers if absent, stream documents through `register_apply` a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import shutil
@@ -291,8 +292,16 @@ class StreamStats:
 
 
 def prepare_home(home: Path, reset: bool, out: TextIO) -> Path:
-    """`<home>/pg` holds the cluster; `--reset` deletes only that, never anything else under home."""
+    """`<home>/pg` holds the cluster; `--reset` deletes only that, never anything else under home.
+
+    As root the server runs as user postgres, which cannot enter a checkout under /root: the cluster
+    then lives in /var/tmp, in a folder named after the home, and the demo says so.
+    """
     base = home.resolve() / "pg"
+    if not LocalPostgres.server_can_reach(home):
+        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+        base = Path("/var/tmp") / f"accumulator-{digest}" / "pg"
+        print(f"note: user postgres cannot enter {home.resolve()}; the cluster lives in {base}", file=out)
     if reset and base.exists():
         shutil.rmtree(base)
         print(f"reset: deleted {base}", file=out)

@@ -259,6 +259,17 @@ class LocalPostgres:
             uid, gid = self._server_uid_gid()
             os.chown(path, uid, gid)
 
+    @staticmethod
+    def server_can_reach(path: str | os.PathLike[str]) -> bool:
+        """Whether the server user may traverse every existing parent of `path` (always, unless root)."""
+        if os.geteuid() != 0:
+            return True
+        probe = Path(path).resolve()
+        while not probe.exists():
+            probe = probe.parent
+        result = subprocess.run(["runuser", "-u", SERVER_USER, "--", "test", "-x", str(probe)], check=False)
+        return result.returncode == 0
+
     def _prepare_dirs(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._give_to_server(self.base_dir)
