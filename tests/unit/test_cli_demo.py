@@ -8,7 +8,10 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from consumer.demo import DEMO_REGISTERS, DocumentStream, prepare_home
+from consumer.localpg import LocalPostgres
 
 
 def _stream(seed: int = 1) -> DocumentStream:
@@ -53,15 +56,28 @@ def test_transfers_balance_to_zero_and_stock_never_negative() -> None:
     assert sum(docs.stock.values(), Decimal(0)) > 0
 
 
+def test_home_unreachable_by_the_server_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr(LocalPostgres, "server_can_reach", staticmethod(lambda path: False))
+    out = io.StringIO()
+    base = prepare_home(tmp_path, reset=False, out=out)
+    assert base.parent.parent == Path("/var/tmp")
+    assert base.parent.name.startswith("accumulator-") and base.name == "pg"
+    assert str(base) in out.getvalue()
+
+
 def test_recorders_are_unique_per_run() -> None:
     posts = [c["recorder"] for c in _stream().batch(2000) if c["op"] == "post"]
     assert len(posts) == len(set(posts))
     assert all(":run1:" in r for r in posts)
 
 
-def test_reset_deletes_only_the_cluster(tmp_path: Path) -> None:
+def test_reset_deletes_only_the_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
+    # pytest's tmp dirs are private to root; this test is about --reset, not about reachability
+    monkeypatch.setattr(LocalPostgres, "server_can_reach", staticmethod(lambda path: True))
     (tmp_path / "pg" / "data").mkdir(parents=True)
     (tmp_path / "cache").mkdir()
     out = io.StringIO()
