@@ -63,7 +63,8 @@ def test_home_unreachable_by_the_server_falls_back(tmp_path: Path, monkeypatch: 
     out = io.StringIO()
     base = prepare_home(tmp_path, reset=False, out=out)
     assert base.parent.parent == Path("/var/tmp")
-    assert base.parent.name.startswith("accumulator-") and base.name == "pg"
+    assert base.parent.name.startswith("accumulator-")
+    assert base.name == "pg"
     assert str(base) in out.getvalue()
 
 
