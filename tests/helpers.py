@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
 
-__all__ = ["connect_as", "dsn_as", "dsn_for_db", "wait_until"]
+__all__ = [
+    "Conn",
+    "Movement",
+    "connect_as",
+    "create_register",
+    "dsn_as",
+    "dsn_for_db",
+    "movement",
+    "one",
+    "post_movements",
+    "recorded_movement",
+    "wait_until",
+]
+
+# What the ``conn`` fixture yields; rows come back as tuples.
+Conn = psycopg.Connection[TupleRow]
+# A movement as the engine's write functions take it in their JSON.
+Movement = dict[str, Any]
 
 
 def wait_until(check: Callable[[], bool], *, within: float, what: str, interval: float = 0.05) -> None:
@@ -54,3 +73,52 @@ def connect_as(dsn: str, role: str, *, autocommit: bool = True) -> psycopg.Conne
         conn.close()
         raise
     return conn
+
+
+# ---- the engine's SQL API, called the plain way -----------------------------------------------------------
+
+
+def one(conn: Conn, query: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
+    """The first column of the first row; the query must return a row."""
+    row = conn.execute(query, params or None).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def create_register(
+    conn: Conn, name: str, dims: Mapping[str, str], res: Mapping[str, str], **opts: Any
+) -> str:
+    """``accum.register_create`` with ``opts`` as named arguments (``time_zone => …``); returns ``name``."""
+    args = "".join(f", {k} => %({k})s" for k in opts)
+    conn.execute(
+        f"SELECT accum.register_create(%(n)s, %(d)s, %(r)s{args})",
+        {"n": name, "d": Jsonb(dims), "r": Jsonb(res), **opts},
+    )
+    return name
+
+
+def post_movements(conn: Conn, register: str, data: Any) -> int:
+    """``accum.register_post``; returns how many movements it wrote."""
+    n: int = one(conn, "SELECT accum.register_post(%s, %s)", (register, Jsonb(data)))
+    return n
+
+
+# ---- movements of the inventory-shaped registers (dimensions warehouse, product; resources quantity, amount)
+
+
+def movement(period: Any, warehouse: int, product: Any, quantity: Any, amount: Any = 0) -> Movement:
+    """A movement without a recorder (the client and the CLI take the recorder separately)."""
+    return {
+        "period": period,
+        "warehouse": warehouse,
+        "product": product,
+        "quantity": quantity,
+        "amount": amount,
+    }
+
+
+def recorded_movement(
+    recorder: Any, period: Any, warehouse: int, product: Any, quantity: Any, amount: Any = 0
+) -> Movement:
+    """A movement carrying its recorder, as ``register_post`` and ``register_apply`` take it."""
+    return {"recorder": recorder, **movement(period, warehouse, product, quantity, amount)}

@@ -15,10 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import dsn_for_db
+from helpers import Conn, dsn_for_db
 from psycopg import sql
-
-Conn = psycopg.Connection[Any]
 
 
 class Raw:

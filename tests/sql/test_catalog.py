@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from helpers import Conn
 
 from registers.migrate import migrate
-
-Conn = psycopg.Connection[Any]
 
 EXPECTED = Path(__file__).with_name("expected_catalog.txt")
 PINNED_SEARCH_PATH = "search_path=pg_catalog, accum, pg_temp"

@@ -12,8 +12,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
+from helpers import Conn
+from helpers import movement as mv
 
 from consumer.cli import (
     EXIT_DATA,
@@ -23,8 +24,6 @@ from consumer.cli import (
     EXIT_VERIFY,
     main,
 )
-
-Conn = psycopg.Connection[Any]
 
 
 class Cli:
@@ -68,16 +67,6 @@ def inventory(cli: Cli) -> str:
 def write_json(path: Path, value: Any) -> str:
     path.write_text(json.dumps(value))
     return str(path)
-
-
-def mv(period: str, warehouse: int, product: int, quantity: str, amount: str) -> dict[str, Any]:
-    return {
-        "period": period,
-        "warehouse": warehouse,
-        "product": product,
-        "quantity": quantity,
-        "amount": amount,
-    }
 
 
 # ---- migrate ----------------------------------------------------------------------------------------------

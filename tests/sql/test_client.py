@@ -10,7 +10,8 @@ from uuid import UUID
 
 import psycopg
 import pytest
-from helpers import connect_as
+from helpers import Conn, connect_as
+from helpers import movement as mv
 from psycopg_pool import ConnectionPool
 
 from registers.client import RegisterClient
@@ -25,7 +26,6 @@ from registers.errors import (
 )
 from registers.models import RegisterDefinition
 
-Conn = psycopg.Connection[Any]
 BERLIN = "Europe/Berlin"
 
 INVENTORY = RegisterDefinition(
@@ -41,16 +41,6 @@ SALES = RegisterDefinition(
     resources={"qty": "int"},
     totals_period="month",
 )
-
-
-def mv(period: Any, warehouse: int, product: int, quantity: Any, amount: Any = 0) -> dict[str, Any]:
-    return {
-        "period": period,
-        "warehouse": warehouse,
-        "product": product,
-        "quantity": quantity,
-        "amount": amount,
-    }
 
 
 @pytest.fixture

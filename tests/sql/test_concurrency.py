@@ -23,10 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import Conn
 from psycopg import sql
-from psycopg.rows import TupleRow
-
-Conn = psycopg.Connection[TupleRow]
 
 WRITERS = 8
 OPS_PER_WRITER = 100

@@ -12,46 +12,17 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import Conn, create_register, one, post_movements
+from helpers import recorded_movement as mv
 from psycopg.types.json import Jsonb, set_json_loads
-
-Conn = psycopg.Connection[Any]
 
 DIMS = {"warehouse": "integer", "product": "text"}
 RES = {"quantity": "numeric(18,3)", "amount": "numeric(18,2)"}
 
 
-def one(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params or None).fetchone()
-    assert row is not None
-    return row[0]
-
-
 def create(conn: Conn, name: str, **opts: Any) -> str:
     set_json_loads(lambda s: json.loads(s, parse_float=Decimal), conn)
-    args = "".join(f", {k} => %({k})s" for k in opts)
-    conn.execute(
-        f"SELECT accum.register_create(%(n)s, %(d)s, %(r)s{args})",
-        {"n": name, "d": Jsonb(DIMS), "r": Jsonb(RES), **opts},
-    )
-    return name
-
-
-def mv(
-    recorder: str, period: str, warehouse: int, product: str, quantity: Any, amount: Any = 0
-) -> dict[str, Any]:
-    return {
-        "recorder": recorder,
-        "period": period,
-        "warehouse": warehouse,
-        "product": product,
-        "quantity": quantity,
-        "amount": amount,
-    }
-
-
-def post(conn: Conn, register: str, data: Any) -> int:
-    n: int = one(conn, "SELECT accum.register_post(%s, %s)", (register, Jsonb(data)))
-    return n
+    return create_register(conn, name, DIMS, RES, **opts)
 
 
 def verify(conn: Conn, register: str, problems_only: bool = True) -> list[tuple[Any, ...]]:
@@ -97,7 +68,7 @@ DATA = [
 
 def test_verify_clean_after_writes(conn: Conn) -> None:
     create(conn, "inv", time_zone="Europe/Berlin")
-    post(conn, "inv", DATA)
+    post_movements(conn, "inv", DATA)
     conn.execute("SELECT accum.register_unpost('inv', 'd2')")
     conn.execute(
         "SELECT accum.register_repost('inv', 'd1', %s)",
@@ -130,7 +101,7 @@ def test_verify_clean_after_writes(conn: Conn) -> None:
 
 def test_verify_finds_corruption_and_rebuilds_repair_it(conn: Conn) -> None:
     create(conn, "inv", time_zone="Europe/Berlin")
-    post(conn, "inv", DATA)
+    post_movements(conn, "inv", DATA)
     before = reads(conn, "inv")
     # the owner (here the superuser) bypasses grants and can damage the derived tables
     conn.execute("UPDATE accum.inv_balance_cache SET quantity = quantity + 1 WHERE warehouse = 2")
@@ -192,13 +163,13 @@ def test_verify_finds_corruption_and_rebuilds_repair_it(conn: Conn) -> None:
 
 def test_rebuild_on_turnover_and_high_write(conn: Conn) -> None:
     create(conn, "sales", kind="turnover", high_write=True, totals_period="month")
-    post(conn, "sales", DATA)
+    post_movements(conn, "sales", DATA)
     with pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT accum.register_rebuild_cache('sales')")
     assert exc.value.sqlstate == "42809"
     assert (exc.value.diag.message_primary or "").startswith("sales: ")
     assert one(conn, "SELECT accum.register_merge('sales')") > 0
-    post(conn, "sales", [*DATA[:2], mv("d9", "2025-02-01", 3, "z", 1, 1)])
+    post_movements(conn, "sales", [*DATA[:2], mv("d9", "2025-02-01", 3, "z", 1, 1)])
     before = reads_turnover(conn)
     assert one(conn, "SELECT pending_rows FROM accum.register_delta_status('sales')") > 0
     conn.execute("DELETE FROM accum.sales_totals_year")  # damage (owner only), with deltas pending
@@ -228,8 +199,8 @@ def reads_turnover(conn: Conn) -> list[Any]:
 def test_stats(conn: Conn) -> None:
     create(conn, "inv", time_zone="Europe/Berlin")
     create(conn, "hw", high_write=True, totals_period="year")
-    post(conn, "inv", DATA)
-    post(conn, "hw", DATA)
+    post_movements(conn, "inv", DATA)
+    post_movements(conn, "hw", DATA)
     conn.execute(
         "INSERT INTO accum.inv_movements (recorder, period, warehouse, product, quantity, amount)"
         " VALUES ('now', now(), 5, 'z', 1, 1)"
@@ -293,7 +264,7 @@ def test_partitions_and_create_partitions(conn: Conn) -> None:
     assert rows[0][1].astimezone(UTC).hour in (22, 23)  # local midnight in Berlin
 
     # back-dated movements land in the default partition; writes never run DDL
-    post(conn, "inv", DATA)
+    post_movements(conn, "inv", DATA)
     assert one(conn, "SELECT count(*) FROM accum.inv_movements_default") == len(DATA)
     before = reads(conn, "inv")
     assert one(conn, "SELECT accum.register_create_partitions('inv')") == 4  # 2024-12, 2025-01, -02, -03
@@ -315,7 +286,7 @@ def test_partitions_and_create_partitions(conn: Conn) -> None:
     assert info_parts[0]["from"] == "2024-12-01T00:00:00+01:00"
     assert info_parts[0]["to"] == "2025-01-01T00:00:00+01:00"
     # later movements of a new partition's range go straight into it
-    post(conn, "inv", [mv("d9", "2025-01-20", 3, "p", 1)])
+    post_movements(conn, "inv", [mv("d9", "2025-01-20", 3, "p", 1)])
     assert one(conn, "SELECT count(*) FROM accum.inv_movements_2025_01") == 3
     # p_ahead: partitions up to now() + interval
     created = one(conn, "SELECT accum.register_create_partitions('inv', interval '6 months')")
@@ -331,7 +302,7 @@ def test_merge_and_delta_status(conn: Conn) -> None:
     create(conn, "hw2", high_write=True, kind="turnover")
     create(conn, "std")
     for name in ("hw1", "hw2", "std"):
-        post(conn, name, DATA)
+        post_movements(conn, name, DATA)
     status = conn.execute("SELECT * FROM accum.register_delta_status()").fetchall()
     assert [r[0] for r in status] == ["hw1", "hw2"]
     assert all(r[1] > 0 and r[2] is not None and r[3] >= 0 for r in status)
@@ -346,8 +317,8 @@ def test_merge_and_delta_status(conn: Conn) -> None:
     assert conn.execute(
         "SELECT pending_rows, oldest_created_at, lag_seconds FROM accum.register_delta_status()"
     ).fetchall() == [(0, None, 0.0), (0, None, 0.0)]
-    post(conn, "hw1", DATA[:1])
-    post(conn, "std", DATA[:1])
+    post_movements(conn, "hw1", DATA[:1])
+    post_movements(conn, "std", DATA[:1])
     assert one(conn, "SELECT accum._force_delta_merge(interval '0 seconds', 5)") == 1
     for name in ("hw1", "hw2", "std"):
         assert verify(conn, name) == []

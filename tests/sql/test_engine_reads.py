@@ -13,19 +13,12 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from helpers import Conn, create_register, one, post_movements
 from psycopg.types.json import Jsonb
-
-Conn = psycopg.Connection[Any]
 
 DIMS = {"warehouse": "integer", "product": "text"}
 RES = {"quantity": "numeric(18,3)", "amount": "numeric(18,2)", "cnt": "integer"}
 SCALES = {"quantity": 3, "amount": 2, "cnt": 0}
-
-
-def one(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params or None).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def raw(text: str) -> Any:
@@ -34,17 +27,7 @@ def raw(text: str) -> Any:
 
 
 def create(conn: Conn, name: str, dims: dict[str, str] = DIMS, res: dict[str, str] = RES, **opts: Any) -> str:
-    args = "".join(f", {k} => %({k})s" for k in opts)
-    conn.execute(
-        f"SELECT accum.register_create(%(n)s, %(d)s, %(r)s{args})",
-        {"n": name, "d": Jsonb(dims), "r": Jsonb(res), **opts},
-    )
-    return name
-
-
-def post(conn: Conn, register: str, data: Any) -> int:
-    n: int = one(conn, "SELECT accum.register_post(%s, %s)", (register, Jsonb(data)))
-    return n
+    return create_register(conn, name, dims, res, **opts)
 
 
 # ---- a model of the movements ----------------------------------------------------------------------------
@@ -244,7 +227,7 @@ def test_reads_equal_model(conn: Conn, opts: dict[str, Any]) -> None:
     zone = ZoneInfo(opts["time_zone"])
     create(conn, "reg", **opts)
     payload, model = make_movements(rng, zone, 160)
-    assert post(conn, "reg", payload) == len(payload)
+    assert post_movements(conn, "reg", payload) == len(payload)
     check_reads(conn, "reg", model, zone, rng, opts.get("kind", "balance"))
     assert conn.execute("SELECT * FROM accum.register_verify('reg', true)").fetchall() == []
 
@@ -256,8 +239,8 @@ def test_high_write_reads_include_pending_deltas(conn: Conn, opts: dict[str, Any
     zone = ZoneInfo(opts["time_zone"])
     create(conn, "hw", high_write=True, **opts)
     payload, model = make_movements(rng, zone, 120)
-    post(conn, "hw", payload[:60])
-    post(conn, "hw", payload[60:])
+    post_movements(conn, "hw", payload[:60])
+    post_movements(conn, "hw", payload[60:])
     status = conn.execute("SELECT * FROM accum.register_delta_status('hw')").fetchall()
     assert [(s[0], s[1] > 0, s[2] is not None, s[3] >= 0) for s in status] == [("hw", True, True, True)]
     pending = status[0][1]
@@ -286,7 +269,7 @@ def test_high_write_reads_include_pending_deltas(conn: Conn, opts: dict[str, Any
 @pytest.fixture
 def small(conn: Conn) -> Conn:
     create(conn, "inv", time_zone="Europe/Berlin")
-    post(
+    post_movements(
         conn,
         "inv",
         [
@@ -496,7 +479,7 @@ def test_rendering(conn: Conn) -> None:
         "v": "ab",
         "s": 7,
     }
-    post(
+    post_movements(
         conn,
         "typed",
         [
@@ -584,7 +567,7 @@ def test_dst_local_times_resolve_as_postgresql(conn: Conn) -> None:
         "2026-10-25T02:00:00",
         "2026-10-25T03:00",
     ]
-    post(
+    post_movements(
         conn,
         "dst",
         [
@@ -707,13 +690,13 @@ def test_results_ignore_session_settings(conn: Conn, db_dsn: str) -> None:
         },
     ]
     create(conn, "plain", time_zone="Europe/Berlin")
-    post(conn, "plain", data)
+    post_movements(conn, "plain", data)
     with psycopg.connect(db_dsn, autocommit=True) as odd:
         for statement in ODD_SESSION:
             odd.execute(statement)
         # a register created and written in the odd session is the same as one made in a plain session
         create(odd, "odd", time_zone="Europe/Berlin")
-        post(odd, "odd", data)
+        post_movements(odd, "odd", data)
         assert snapshot_reads(odd, "plain") == snapshot_reads(conn, "plain")
         assert snapshot_reads(odd, "odd") == snapshot_reads(conn, "plain")
         assert snapshot_reads(conn, "odd") == snapshot_reads(conn, "plain")
@@ -731,7 +714,7 @@ def test_extreme_periods(conn: Conn) -> None:
     """Years 0001 and 9999 of the register zone are writable, readable, partitionable (SPEC §4.2)."""
     create(conn, "edge", time_zone="Europe/Berlin")
     m = {"warehouse": 1, "product": "p", "amount": 0, "cnt": 0}
-    post(conn, "edge", [
+    post_movements(conn, "edge", [
         m | {"recorder": "a", "period": "0001-01-01", "quantity": 1},
         m | {"recorder": "a", "period": "9999-12-31T23:59:59.999999", "quantity": 10},
         m | {"recorder": "a", "period": "2026-06-01", "quantity": 100},

@@ -10,9 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import Conn, create_register, one, post_movements
 from psycopg.types.json import Jsonb, set_json_loads
-
-Conn = psycopg.Connection[Any]
 
 INFO_KEYS = {
     "name",
@@ -39,20 +38,6 @@ def db(conn: Conn) -> Conn:
     return conn
 
 
-def one(conn: Conn, query: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
-    row = conn.execute(query, params or None).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def create(conn: Conn, name: str, dims: dict[str, str], res: dict[str, str], **opts: Any) -> None:
-    args = ", ".join(f"{k} => %({k})s" for k in opts)
-    conn.execute(
-        f"SELECT accum.register_create(%(n)s, %(d)s, %(r)s{', ' + args if args else ''})",
-        {"n": name, "d": Jsonb(dims), "r": Jsonb(res), **opts},
-    )
-
-
 def info(conn: Conn, name: str) -> dict[str, Any]:
     result: dict[str, Any] = one(conn, "SELECT accum.register_info(%s)", (name,))
     return result
@@ -72,16 +57,11 @@ def relations(conn: Conn, like: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def post(conn: Conn, register: str, data: Any) -> int:
-    n: int = one(conn, "SELECT accum.register_post(%s, %s)", (register, Jsonb(data)))
-    return n
-
-
 # ---- register_create ------------------------------------------------------------------------------------
 
 
 def test_create_defaults_and_canonical_types(db: Conn) -> None:
-    create(
+    create_register(
         db,
         "inventory",
         {
@@ -176,7 +156,7 @@ def test_create_defaults_and_canonical_types(db: Conn) -> None:
         "whole",
     ]
     # derived resources are unconstrained numeric (SPEC §4.5)
-    types = dict(
+    types: dict[str, str] = dict(
         db.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
             " WHERE attrelid = 'accum.inventory_totals_day'::regclass AND attnum > 0 AND NOT attisdropped"
@@ -197,7 +177,9 @@ PARTITION_NAMES = {
 def test_create_partition_by(db: Conn) -> None:
     for partition_by, pattern in PARTITION_NAMES.items():
         name = f"p_{partition_by}"
-        create(db, name, {"d": "int"}, {"q": "int"}, partition_by=partition_by, time_zone="Asia/Kathmandu")
+        create_register(
+            db, name, {"d": "int"}, {"q": "int"}, partition_by=partition_by, time_zone="Asia/Kathmandu"
+        )
         got = info(db, name)
         assert got["partition_by"] == partition_by
         names = [p["name"] for p in got["partitions"] if not p["is_default"]]
@@ -209,7 +191,7 @@ def test_create_partition_by(db: Conn) -> None:
 
 
 def test_create_all_options(db: Conn) -> None:
-    create(
+    create_register(
         db,
         "sales",
         {"channel": "text"},
@@ -238,7 +220,7 @@ def test_create_all_options(db: Conn) -> None:
     }
     assert not relations(db, "sales_totals_day") | relations(db, "sales_balance_cache")
 
-    create(db, "yearly", {"d": "int"}, {"q": "int"}, totals_period="year", recorder_type="bigint")
+    create_register(db, "yearly", {"d": "int"}, {"q": "int"}, totals_period="year", recorder_type="bigint")
     got = info(db, "yearly")
     assert got["tables"] == {
         "movements": "yearly_movements",
@@ -253,7 +235,7 @@ def test_create_limits_fit_63_bytes(db: Conn) -> None:
     name = "r" * 32
     dims = {f"{'d' * 38}{i:02d}": "text" for i in range(16)}
     res = {f"{'q' * 38}{i:02d}": "numeric(10,2)" for i in range(30)}  # 32 after the alter below
-    create(db, name, dims, res, partition_by="day")
+    create_register(db, name, dims, res, partition_by="day")
     got = info(db, name)
     assert len(got["dimensions"]) == 16
     assert len(got["resources"]) == 30
@@ -264,13 +246,13 @@ def test_create_limits_fit_63_bytes(db: Conn) -> None:
     movement = (
         {"recorder": "r1", "period": "2026-01-01"} | dict.fromkeys(dims, "v") | dict.fromkeys(res, "1.25")
     )
-    assert post(db, name, movement) == 1
+    assert post_movements(db, name, movement) == 1
     assert one(db, f"SELECT accum.{name}_balance()")[f"{'q' * 38}07"] == Decimal("1.25")
     # two added resources whose names share their first 39 characters
     added = {"r" * 39 + "1": "numeric", "r" * 39 + "2": "numeric"}
     db.execute("SELECT accum.register_alter(%s, add_resources => %s)", (name, Jsonb(added)))
     assert set(info(db, name)["resources"]) >= set(added)
-    assert post(db, name, movement | dict.fromkeys(added, "1e-3")) == 1
+    assert post_movements(db, name, movement | dict.fromkeys(added, "1e-3")) == 1
     assert one(db, f"SELECT accum.{name}_balance()")["r" * 39 + "2"] == Decimal("0.001")
 
 
@@ -278,8 +260,8 @@ def test_create_limits_fit_63_bytes(db: Conn) -> None:
 
 
 def test_list_info_drop(db: Conn) -> None:
-    create(db, "beta", {"d": "int"}, {"q": "int"}, kind="turnover")
-    create(
+    create_register(db, "beta", {"d": "int"}, {"q": "int"}, kind="turnover")
+    create_register(
         db,
         "alpha",
         {"d": "int", "e": "text"},
@@ -287,7 +269,9 @@ def test_list_info_drop(db: Conn) -> None:
         high_write=True,
         time_zone="Europe/Berlin",
     )
-    post(db, "alpha", [{"recorder": "a", "period": "2026-01-01", "d": 1, "e": "x", "q": 1, "r": 1}] * 3)
+    post_movements(
+        db, "alpha", [{"recorder": "a", "period": "2026-01-01", "d": 1, "e": "x", "q": 1, "r": 1}] * 3
+    )
     rows = db.execute("SELECT * FROM accum.register_list()").fetchall()
     cols = [c.name for c in db.execute("SELECT * FROM accum.register_list()").description or []]
     assert cols == [
@@ -322,7 +306,7 @@ def test_list_info_drop(db: Conn) -> None:
     assert one(db, "SELECT count(*) FROM pg_class WHERE relname LIKE 'alpha%' OR relname LIKE 'beta%'") == 0
 
     # the name is free again
-    create(db, "alpha", {"d": "int"}, {"q": "int"})
+    create_register(db, "alpha", {"d": "int"}, {"q": "int"})
     assert info(db, "alpha")["dimensions"] == {"d": "integer"}
 
 
@@ -341,8 +325,8 @@ def problems(conn: Conn, register: str) -> list[tuple[Any, ...]]:
 
 
 def test_alter_add_resource(db: Conn) -> None:
-    create(db, "inv", {"wh": "int"}, {"qty": "int"}, time_zone="Europe/Berlin")
-    post(db, "inv", [{"recorder": "a", "period": "2026-01-01", "wh": 1, "qty": 5}])
+    create_register(db, "inv", {"wh": "int"}, {"qty": "int"}, time_zone="Europe/Berlin")
+    post_movements(db, "inv", [{"recorder": "a", "period": "2026-01-01", "wh": 1, "qty": 5}])
     db.execute("SELECT accum.register_alter('inv', add_resources => '{\"amount\": \"numeric(10,2)\"}')")
     got = info(db, "inv")
     assert got["resources"] == {"amount": "numeric(10,2)", "qty": "integer"}
@@ -356,7 +340,7 @@ def test_alter_add_resource(db: Conn) -> None:
         db, 'SELECT accum.register_post(\'inv\', \'{"recorder":"b","period":"2026-01-02","wh":1,"qty":1}\')'
     )
     assert state == "22023"
-    post(db, "inv", [{"recorder": "b", "period": "2026-01-02", "wh": 1, "qty": 1, "amount": "2.5"}])
+    post_movements(db, "inv", [{"recorder": "b", "period": "2026-01-02", "wh": 1, "qty": 1, "amount": "2.5"}])
     assert balance(db, "inv") == {"amount": Decimal("2.50"), "qty": 6}
     rows = list(
         db.execute("SELECT t::text FROM accum.inv_turnover(NULL, NULL, NULL, '[\"wh\"]') t").fetchall()
@@ -368,8 +352,8 @@ def test_alter_add_resource(db: Conn) -> None:
 
 
 def test_alter_add_dimension_with_backfill(db: Conn) -> None:
-    create(db, "inv", {"wh": "int"}, {"qty": "int"}, time_zone="Europe/Berlin")
-    post(
+    create_register(db, "inv", {"wh": "int"}, {"qty": "int"}, time_zone="Europe/Berlin")
+    post_movements(
         db,
         "inv",
         [
@@ -407,7 +391,7 @@ def test_alter_add_dimension_with_backfill(db: Conn) -> None:
     assert balance(db, "inv", {"lot": "L0"}) == {"qty": 12}
     assert balance(db, "inv", {"lot": "L0", "wh": 2}) == {"qty": 7}
     assert one(db, 'SELECT accum.inv_balance(\'{"lot": "L0", "wh": 2}\', \'2025-12-31\')') == {"qty": 7}
-    post(db, "inv", [{"recorder": "b", "period": "2026-01-02", "wh": 1, "lot": "L1", "qty": 1}])
+    post_movements(db, "inv", [{"recorder": "b", "period": "2026-01-02", "wh": 1, "lot": "L1", "qty": 1}])
     assert balance(db, "inv", {"wh": 1}) == {"qty": 6}
     assert balance(db, "inv", {"lot": "L1", "wh": 1}) == {"qty": 1}
     assert problems(db, "inv") == []
@@ -417,12 +401,12 @@ def test_alter_add_dimension_with_backfill(db: Conn) -> None:
 
 
 def test_alter_high_write_on_and_off(db: Conn) -> None:
-    create(db, "inv", {"wh": "int"}, {"qty": "numeric(10,1)"}, time_zone="Europe/Berlin")
+    create_register(db, "inv", {"wh": "int"}, {"qty": "numeric(10,1)"}, time_zone="Europe/Berlin")
     data = [
         {"recorder": f"r{i}", "period": f"2026-0{1 + i % 3}-1{i}", "wh": i % 2, "qty": f"{i}.5"}
         for i in range(6)
     ]
-    post(db, "inv", data)
+    post_movements(db, "inv", data)
     before = (balance(db, "inv"), balance(db, "inv", {"wh": 1}))
 
     db.execute("SELECT accum.register_alter('inv', high_write => true)")
@@ -430,7 +414,7 @@ def test_alter_high_write_on_and_off(db: Conn) -> None:
     assert got["high_write"] is True
     assert got["tables"]["delta"] == "inv_delta"
     assert (balance(db, "inv"), balance(db, "inv", {"wh": 1})) == before
-    post(db, "inv", [{"recorder": "x", "period": "2026-02-01", "wh": 1, "qty": "10"}])
+    post_movements(db, "inv", [{"recorder": "x", "period": "2026-02-01", "wh": 1, "qty": "10"}])
     assert one(db, "SELECT count(*) FROM accum.inv_delta") >= 1
     pending = one(db, "SELECT pending_rows FROM accum.register_delta_status('inv')")
     assert pending >= 1
@@ -446,7 +430,9 @@ def test_alter_high_write_on_and_off(db: Conn) -> None:
     assert (balance(db, "inv"), balance(db, "inv", {"wh": 1, "lot": "2026-01-01"})) == after_post
     assert problems(db, "inv") == []
     assert info(db, "inv")["high_write"] is True
-    post(db, "inv", [{"recorder": "z", "period": "2026-03-01", "wh": 1, "lot": "2026-02-01", "qty": "0.5"}])
+    post_movements(
+        db, "inv", [{"recorder": "z", "period": "2026-03-01", "wh": 1, "lot": "2026-02-01", "qty": "0.5"}]
+    )
     after_post = (balance(db, "inv"), balance(db, "inv", {"wh": 1}))
     assert problems(db, "inv") == []
 
@@ -460,5 +446,7 @@ def test_alter_high_write_on_and_off(db: Conn) -> None:
     assert problems(db, "inv") == []
     assert db.execute("SELECT * FROM accum.register_delta_status()").fetchall() == []
     # writes go to the derived tables directly again
-    post(db, "inv", [{"recorder": "y", "period": "2026-02-01", "wh": 1, "lot": "2026-01-01", "qty": "1"}])
+    post_movements(
+        db, "inv", [{"recorder": "y", "period": "2026-02-01", "wh": 1, "lot": "2026-01-01", "qty": "1"}]
+    )
     assert one(db, "SELECT sum(qty) FROM accum.inv_balance_cache WHERE wh = 1") == after_post[1]["qty"] + 1

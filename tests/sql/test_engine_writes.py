@@ -10,10 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import Conn, Movement, create_register, one, post_movements
+from helpers import recorded_movement as mv
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
-
-Conn = psycopg.Connection[Any]
-Movement = dict[str, Any]
 
 DIMS = {"warehouse": "integer", "product": "text"}
 RES = {"quantity": "numeric(18,3)", "amount": "numeric(18,2)"}
@@ -27,35 +26,8 @@ def db(conn: Conn) -> Conn:
     return conn
 
 
-def one(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params or None).fetchone()
-    assert row is not None
-    return row[0]
-
-
 def create(conn: Conn, name: str, dims: dict[str, str] = DIMS, res: dict[str, str] = RES, **opts: Any) -> str:
-    args = "".join(f", {k} => %({k})s" for k in opts)
-    conn.execute(
-        f"SELECT accum.register_create(%(n)s, %(d)s, %(r)s{args})",
-        {"n": name, "d": Jsonb(dims), "r": Jsonb(res), **opts},
-    )
-    return name
-
-
-def mv(recorder: Any, period: str, warehouse: int, product: str, quantity: Any, amount: Any = 0) -> Movement:
-    return {
-        "recorder": recorder,
-        "period": period,
-        "warehouse": warehouse,
-        "product": product,
-        "quantity": quantity,
-        "amount": amount,
-    }
-
-
-def post(conn: Conn, register: str, data: Any) -> int:
-    n: int = one(conn, "SELECT accum.register_post(%s, %s)", (register, Jsonb(data)))
-    return n
+    return create_register(conn, name, dims, res, **opts)
 
 
 def unpost(conn: Conn, register: str, recorder: str) -> int:
@@ -112,9 +84,12 @@ def assert_consistent(conn: Conn, register: str) -> None:
 
 def test_post_counts_appends_and_unpost(db: Conn) -> None:
     create(db, "inv", time_zone="Europe/Berlin")
-    assert post(db, "inv", mv("d1", "2026-01-05", 1, "p", "1.5", "2")) == 1  # a single object
-    assert post(db, "inv", [mv("d1", "2026-01-06", 1, "p", 2), mv("d2", "2026-01-06", 2, "q", "0.25")]) == 2
-    assert post(db, "inv", []) == 0
+    assert post_movements(db, "inv", mv("d1", "2026-01-05", 1, "p", "1.5", "2")) == 1  # a single object
+    assert (
+        post_movements(db, "inv", [mv("d1", "2026-01-06", 1, "p", 2), mv("d2", "2026-01-06", 2, "q", "0.25")])
+        == 2
+    )
+    assert post_movements(db, "inv", []) == 0
     # posting to an existing recorder appends
     assert [m["recorder"] for m in movements(db, "inv")] == ["d1", "d1", "d2"]
     assert one(db, "SELECT accum.inv_balance()") == {"quantity": Decimal("3.750"), "amount": Decimal("2.00")}
@@ -134,7 +109,7 @@ def test_post_counts_appends_and_unpost(db: Conn) -> None:
 
 def test_offsetting_movements_leave_no_derived_row(db: Conn) -> None:
     create(db, "inv")
-    post(
+    post_movements(
         db,
         "inv",
         [
@@ -151,7 +126,7 @@ def test_offsetting_movements_leave_no_derived_row(db: Conn) -> None:
 
 def test_repost(db: Conn) -> None:
     create(db, "inv")
-    post(
+    post_movements(
         db,
         "inv",
         [
@@ -192,7 +167,7 @@ def test_repost(db: Conn) -> None:
 def test_bigint_recorder(db: Conn) -> None:
     create(db, "docs", recorder_type="bigint")
     assert (
-        post(
+        post_movements(
             db,
             "docs",
             [
@@ -218,7 +193,9 @@ def test_uuid_recorder(db: Conn) -> None:
     create(db, "docs", recorder_type="uuid")
     upper = "C0F3E2A4-4C1E-4BB0-9D5B-1F2A3B4C5D6E"
     assert (
-        post(db, "docs", [mv(upper, "2026-01-01", 1, "p", 1), mv(upper.lower(), "2026-01-02", 1, "p", 2)])
+        post_movements(
+            db, "docs", [mv(upper, "2026-01-01", 1, "p", 1), mv(upper.lower(), "2026-01-02", 1, "p", 2)]
+        )
         == 2
     )
     assert {m["recorder"] for m in movements(db, "docs")} == {upper.lower()}
@@ -274,7 +251,7 @@ def one_by_one(conn: Conn, commands: list[dict[str, Any]]) -> list[int]:
     for c in commands:
         if c["op"] == "post":
             counts.append(
-                post(conn, c["register"], [dict(x, recorder=c["recorder"]) for x in c["movements"]])
+                post_movements(conn, c["register"], [dict(x, recorder=c["recorder"]) for x in c["movements"]])
             )
         elif c["op"] == "repost":
             counts.append(repost(conn, c["register"], c["recorder"], c["movements"]))
@@ -288,7 +265,7 @@ def test_apply_equals_one_by_one(db: Conn, high_write: bool) -> None:
     stored = [mv(r, "2025-12-31T23:30:00Z", 1, "p", n) for r, n in (("A", 1), ("B", 2), ("B", 3), ("C", 4))]
     for name in ("batch", "single"):
         create(db, name, high_write=high_write, time_zone="Europe/Berlin")
-        post(db, name, stored)
+        post_movements(db, name, stored)
 
     rows = apply(db, script("batch"), "skip")
     counts = one_by_one(db, script("single"))
@@ -375,7 +352,9 @@ def test_apply_shapes(db: Conn) -> None:
 
 def test_direct_dml_keeps_derived_tables(db: Conn) -> None:
     create(db, "inv", time_zone="Europe/Berlin")
-    post(db, "inv", [mv("d1", "2020-01-05T10:00", 1, "p", 1, "1"), mv("d2", "2020-02-05", 2, "q", 2, "2")])
+    post_movements(
+        db, "inv", [mv("d1", "2020-01-05T10:00", 1, "p", 1, "1"), mv("d2", "2020-02-05", 2, "q", 2, "2")]
+    )
     db.execute(
         "INSERT INTO accum.inv_movements (recorder, period, warehouse, product, quantity, amount)"
         " VALUES ('x1', '2020-01-31 23:30:00+00', 1, 'p', 3, 3), ('x1', now(), 3, 'r', 4, 4)"
@@ -424,7 +403,7 @@ DML_ERRORS = [
 def test_direct_dml_constraints(db: Conn) -> None:
     """Direct DML is checked by column types and constraints (SPEC §4.4); a rejected one leaves no trace."""
     create(db, "inv")
-    post(db, "inv", [mv("d1", "2026-01-05", 1, "p", 1)])
+    post_movements(db, "inv", [mv("d1", "2026-01-05", 1, "p", 1)])
     for statement, sqlstate in DML_ERRORS:
         with pytest.raises(psycopg.Error) as exc:
             db.execute(statement)
@@ -438,7 +417,7 @@ def test_direct_dml_constraints(db: Conn) -> None:
 
 def test_pipe_in_text_values_keeps_combinations_apart(db: Conn) -> None:
     create(db, "pipes", dims={"x": "text", "y": "text"}, res={"n": "integer"})
-    post(
+    post_movements(
         db,
         "pipes",
         [
@@ -456,7 +435,7 @@ def test_pipe_in_text_values_keeps_combinations_apart(db: Conn) -> None:
 
 def test_numeric_dimension_identity_ignores_display_scale(db: Conn) -> None:
     create(db, "nums", dims={"lot": "numeric(6,2)"}, res={"n": "integer"})
-    post(
+    post_movements(
         db,
         "nums",
         [
@@ -551,7 +530,9 @@ def test_field_names_never_clash_with_generated_sql(db: Conn, high_write: bool) 
             | dict.fromkeys(set(SHADOW_RES) - set(base), q)
         )
 
-    assert post(db, "shadow", [dict(m(1, 1, 1), recorder="r1"), dict(m(2, 2, 2), recorder="r2")]) == 2
+    assert (
+        post_movements(db, "shadow", [dict(m(1, 1, 1), recorder="r1"), dict(m(2, 2, 2), recorder="r2")]) == 2
+    )
     assert repost(db, "shadow", "r1", [m(3, 1, 5)]) == 1
     rows = apply(
         db,

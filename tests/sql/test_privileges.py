@@ -8,9 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import connect_as
-
-Conn = psycopg.Connection[Any]
+from helpers import Conn, connect_as
 
 MOVEMENT = (
     '{"recorder": "%s", "period": "2026-01-05T10:00", "warehouse": 1, "product": "p",'

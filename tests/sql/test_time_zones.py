@@ -21,10 +21,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from helpers import Conn
 from psycopg import sql
-from psycopg.rows import TupleRow
-
-Conn = psycopg.Connection[TupleRow]
 
 DIMENSIONS = '{"item": "text"}'
 RESOURCES = '{"amount": "numeric(12,2)", "qty": "integer"}'
