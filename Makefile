@@ -16,6 +16,8 @@ run: bootstrap
 	$(VENV)/bin/accumulator demo $(DEMO_ARGS)
 
 test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: bootstrap
