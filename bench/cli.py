@@ -19,7 +19,7 @@ from bench.plan import Plan
 from bench.report import Result, Target, describe_miss, evaluate, format_table, missed, result_dict
 from bench.scenarios.balance import balance_current
 from bench.scenarios.history import HISTORY_SCENARIOS, history
-from bench.scenarios.hot_key import hot_key
+from bench.scenarios.hot_key import hot_key, hot_key_durable
 from bench.scenarios.merge import merge
 from bench.scenarios.round_trip import round_trip
 from bench.scenarios.writes import post_batch, post_single, post_small, repost, unpost
@@ -40,6 +40,7 @@ SIMPLE: Final[dict[str, Scenario]] = {
     "repost": repost,
     "balance_current": balance_current,
     "hot_key": hot_key,
+    "hot_key_durable": hot_key_durable,
     "merge": merge,
 }
 SCENARIOS: Final = (*SIMPLE, *HISTORY_SCENARIOS)
@@ -165,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         database(admin_dsn, keep=args.keep) as dsn,
         connect(dsn) as conn,
     ):
-        b = Bench(dsn=dsn, plan=plan, shape=shape, conn=conn)
+        b = Bench(
+            dsn=dsn, plan=plan, shape=shape, conn=conn, external_server=args.dsn is not None, keep=args.keep
+        )
         info = server_info(conn)
         b.log(
             f"scale {plan.scale} on {info['settings']['server_version']}, {info['cpu_count']} CPUs, "

@@ -20,6 +20,9 @@ class Bench:
     plan: Plan
     shape: Shape
     conn: Conn
+    # --dsn was given: use that server as it is (a scenario wanting its own cluster must not start one)
+    external_server: bool = False
+    keep: bool = False  # --keep: leave databases and clusters behind
     # fixtures shared by scenarios (e.g. the write register), built on first use
     state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)

@@ -5,22 +5,32 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumer.localpg import LocalPostgres
 from registers.migrate import migrate
 
-__all__ = ["LOCAL_SETTINGS", "Conn", "connect", "database", "server", "server_info"]
+__all__ = [
+    "LOCAL_SETTINGS",
+    "Conn",
+    "connect",
+    "database",
+    "is_durable",
+    "server",
+    "server_info",
+    "with_session_settings",
+]
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-# Non-durable (LocalPostgres adds fsync/synchronous_commit/full_page_writes=off): baselines and engine share
-# the server, so both get the same settings. Room for the load in shared buffers, no checkpoint storm mid-run.
+# Baselines and engine share the server, so both get the same settings. Room for the load in shared buffers,
+# no checkpoint storm mid-run. None of these is about durability: LocalPostgres adds fsync/synchronous_commit/
+# full_page_writes=off unless the cluster is durable (then PostgreSQL's defaults hold).
 LOCAL_SETTINGS: Final[dict[str, str | int]] = {
     "shared_buffers": "512MB",
     "max_wal_size": "8GB",
@@ -48,21 +58,38 @@ def connect(dsn: str) -> Conn:
     return conn
 
 
+def with_session_settings(dsn: str, settings: Mapping[str, str]) -> str:
+    """The DSN with ``-c name=value`` added to its ``options``: every session opened with it starts with
+    those settings, as if it had run ``SET`` first (options already in the DSN are kept)."""
+    given = str(conninfo_to_dict(dsn).get("options") or "")
+    extra = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return make_conninfo(dsn, options=f"{given} {extra}".strip())
+
+
+def is_durable(fsync: str, synchronous_commit: str) -> bool:
+    """Whether a commit returns only after its WAL is on disk: fsync on and synchronous_commit not off
+    (local, on, remote_write and remote_apply all wait for the local flush)."""
+    return fsync == "on" and synchronous_commit != "off"
+
+
 @contextlib.contextmanager
-def server(dsn: str | None, *, keep: bool = False) -> Iterator[str]:
-    """Yields a superuser DSN: the given one, or a fresh local cluster stopped (and removed) at exit."""
+def server(dsn: str | None, *, keep: bool = False, durable: bool = False) -> Iterator[str]:
+    """Yields a superuser DSN: the given one, or a fresh local cluster stopped (and removed) at exit.
+
+    ``durable`` keeps PostgreSQL's default fsync, synchronous_commit and full_page_writes (all on) on the
+    local cluster; it does not change a given server."""
     if dsn is not None:
         yield dsn
         return
-    pg = LocalPostgres(durable=False, settings=LOCAL_SETTINGS)
+    pg = LocalPostgres(durable=durable, settings=LOCAL_SETTINGS)
     pg.start()
     try:
         yield pg.dsn
     finally:
         if keep:
-            print(f"bench: cluster kept at {pg.base_dir} ({pg.dsn})")
+            print(f"bench: cluster kept at {pg.base_dir} ({pg.dsn}, postmaster pid {pg.pid})")
         else:
-            pg.close()
+            pg.close()  # pg_ctl stop on its data dir; if that fails, a signal to its postmaster PID only
 
 
 def _with_db(dsn: str, dbname: str) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.cli import SCENARIOS, parse_args
+from bench.db import is_durable, with_session_settings
 from bench.plan import FULL_LOAD, Plan
 from bench.report import Result, Target, describe_miss, evaluate, format_table, missed, ratio
 from bench.stats import percentile, summarize
+from bench.waits import profile, share
 from bench.workload import COLUMNS, Shape, Workload, payload, rows
 
 
@@ -145,8 +148,41 @@ def test_parse_args_validates_scenarios_and_scale(capsys: pytest.CaptureFixture[
     assert (args.only, args.scale, args.check) == (["post_batch", "verify"], 0.05, True)
     assert parse_args([]).only is None
     assert "hot_key" in SCENARIOS
+    assert parse_args(["--only", "hot_key,hot_key_durable"]).only == ["hot_key", "hot_key_durable"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "nope"])
     with pytest.raises(SystemExit):
         parse_args(["--scale", "0"])
     assert "unknown scenario" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fsync", "sync_commit", "durable"),
+    [
+        ("on", "on", True),
+        ("on", "local", True),
+        ("on", "remote_apply", True),
+        ("on", "off", False),  # the commit returns before its WAL flush
+        ("off", "on", False),  # the flush is not a flush
+    ],
+)
+def test_is_durable_needs_fsync_and_a_waiting_commit(fsync: str, sync_commit: str, durable: bool) -> None:
+    assert is_durable(fsync, sync_commit) is durable
+
+
+def test_session_settings_go_into_options_and_keep_the_given_ones() -> None:
+    plain = conninfo_to_dict(with_session_settings("postgresql://u@h:5/db", {"synchronous_commit": "on"}))
+    assert (plain["host"], plain["port"], plain["dbname"]) == ("h", "5", "db")
+    assert plain["options"] == "-c synchronous_commit=on"
+    given = with_session_settings("host=h dbname=db options='-c work_mem=8MB'", {"synchronous_commit": "on"})
+    assert conninfo_to_dict(given)["options"] == "-c work_mem=8MB -c synchronous_commit=on"
+
+
+def test_wait_shares_and_profile() -> None:
+    counts = {"Lock:transactionid": 6, "CPU": 2, "IO:WALSync": 1, "Client:ClientRead": 1}
+    assert share(counts, "Lock:") == 60.0
+    assert share(counts, "LWLock:") == 0.0
+    assert share({}, "Lock:") is None
+    assert profile(counts, top=2) == "Lock:transactionid 60%, CPU 20%, other 20%"
+    assert profile(counts) == "Lock:transactionid 60%, CPU 20%, Client:ClientRead 10%, IO:WALSync 10%"
+    assert profile({}) == "no samples"
