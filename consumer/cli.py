@@ -518,29 +518,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_register_commands(sub)
 
-    p = _command(sub, "post", cmd_post, "append a document's movements")
-    p.add_argument("register")
-    p.add_argument("recorder")
-    p.add_argument(
-        "--movements",
-        required=True,
-        metavar="FILE",
-        help="JSON array (or JSON lines) of movements; - = stdin",
-    )
-
-    p = _command(sub, "unpost", cmd_unpost, "remove a document's movements")
-    p.add_argument("register")
-    p.add_argument("recorder")
-
-    p = _command(sub, "repost", cmd_repost, "replace a document's movements ([] clears it)")
-    p.add_argument("register")
-    p.add_argument("recorder")
-    p.add_argument(
-        "--movements",
-        required=True,
-        metavar="FILE",
-        help="JSON array (or JSON lines) of movements; - = stdin",
-    )
+    writes: list[tuple[str, Handler, str, bool]] = [
+        ("post", cmd_post, "append a document's movements", True),
+        ("unpost", cmd_unpost, "remove a document's movements", False),
+        ("repost", cmd_repost, "replace a document's movements ([] clears it)", True),
+    ]
+    for name, handler, summary, takes_movements in writes:
+        p = _command(sub, name, handler, summary)
+        p.add_argument("register")
+        p.add_argument("recorder")
+        if takes_movements:
+            p.add_argument(
+                "--movements",
+                required=True,
+                metavar="FILE",
+                help="JSON array (or JSON lines) of movements; - = stdin",
+            )
 
     p = _command(sub, "balance", cmd_balance, "balance of a register, current or at a time")
     p.add_argument("register")
