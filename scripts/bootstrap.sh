@@ -36,6 +36,20 @@ else
     exit 2
 fi
 
+# --- Java and Maven: the local Kafka broker (jars fetched once from Maven Central into .tools/kafka) ------
+need_pkgs=()
+command -v java >/dev/null || need_pkgs+=(default-jre-headless)
+command -v mvn  >/dev/null || need_pkgs+=(maven)
+if [ "${#need_pkgs[@]}" = 0 ]; then
+    say "java and mvn: found"
+elif is_root; then
+    apt_install "${need_pkgs[@]}"
+else
+    say "Java/Maven are missing; install them, then re-run:"
+    say "    sudo apt-get install -y ${need_pkgs[*]}"
+    exit 2
+fi
+
 # --- Python >= 3.11 ----------------------------------------------------------------------------------------
 python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 PYTHON=""

@@ -167,3 +167,58 @@ def conn(db_dsn: str) -> Iterator[psycopg.Connection[TupleRow]]:
     """Autocommit superuser connection to this test's database."""
     with _connect(db_dsn) as c:
         yield c
+
+
+# --- Kafka --------------------------------------------------------------------------------------------------
+# Broker, in order: ``ACCUMULATOR_TEST_KAFKA`` (a bootstrap address); else a private KRaft broker on loopback
+# (consumer.localkafka, the code ``accumulator demo`` uses; jars cached in <checkout>/.tools/kafka); else a
+# testcontainers Kafka where a Docker engine answers. Session fixtures are lazy: only a session with a test
+# that asks for ``kafka_bootstrap`` or ``kafka_topic`` starts a broker.
+
+
+def _kafka_container_bootstrap() -> Iterator[str]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    with KafkaContainer() as kafka:
+        yield str(kafka.get_bootstrap_server())
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port`` of the session's Kafka broker (topics are never auto-created on the local one)."""
+    env = os.environ.get("ACCUMULATOR_TEST_KAFKA")
+    if env:
+        yield env
+        return
+    from pathlib import Path
+
+    from consumer.localkafka import LocalKafka
+
+    cache_dir = Path(__file__).resolve().parents[1] / ".tools" / "kafka"
+    try:
+        # die_with_parent: a test run killed half way leaves no JVM behind.
+        broker = LocalKafka(cache_dir=cache_dir, die_with_parent=True)
+    except PrerequisiteMissing as missing:
+        if not docker_available():
+            pytest.fail(f"no Kafka for the tests: {missing} (or set ACCUMULATOR_TEST_KAFKA)")
+        yield from _kafka_container_bootstrap()
+        return
+    # close(): SIGTERM, wait until the broker's PID is gone (SIGKILL past a deadline); temp dir removed.
+    with broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
+    """A topic of 3 partitions made for this test only (unique name), deleted afterwards."""
+    from consumer.localkafka import create_topics, delete_topics
+
+    name = f"t_{uuid.uuid4().hex}"
+    create_topics(kafka_bootstrap, [name], partitions=3)
+    try:
+        yield name
+    finally:
+        try:
+            delete_topics(kafka_bootstrap, [name], timeout=10)
+        except Exception as exc:  # cleanup only: a broker a test stopped must not fail the test here
+            logger.warning("could not delete topic %s: %s", name, exc)
