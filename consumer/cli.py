@@ -260,6 +260,15 @@ class Output:
         if text:
             print(text, file=self.stream)
 
+    def rows(self, rows: Sequence[Mapping[str, Any]], empty: str) -> None:
+        """Rows as JSON, or as a table; `empty` says so in text mode when there are none."""
+        if self.json:
+            self.data(rows)
+        elif rows:
+            self.table(rows)
+        else:
+            self.text(empty)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Context: settings, output, connections
@@ -960,12 +969,7 @@ def cmd_register_drop(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_register_list(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.client() as client:
         rows = plain(client.list_registers())
-    if ctx.out.json:
-        ctx.out.data(rows)
-    elif rows:
-        ctx.out.table(rows)
-    else:
-        ctx.out.text("no registers")
+    ctx.out.rows(rows, empty="no registers")
     return EXIT_OK
 
 
@@ -1091,12 +1095,7 @@ def cmd_turnover(ctx: Context, args: argparse.Namespace) -> int:
         }
         for r in result
     ]
-    if ctx.out.json:
-        ctx.out.data(rows)
-    elif rows:
-        ctx.out.table(rows)
-    else:
-        ctx.out.text("no turnover")
+    ctx.out.rows(rows, empty="no turnover")
     return EXIT_OK
 
 
