@@ -196,6 +196,10 @@ class Batcher:
             return 0.0
         return max(0.0, self._buffer[0][1] + self.max_wait_s - self._clock())
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest buffered record arrived (0 when empty): where a batch's clock starts."""
+        return self._clock() - self._buffer[0][1] if self._buffer else 0.0
+
     def due(self) -> bool:
         return bool(self._buffer) and (self._full() or self._clock() >= self._buffer[0][1] + self.max_wait_s)
 

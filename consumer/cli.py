@@ -26,6 +26,7 @@ import psycopg
 import pydantic
 from psycopg.conninfo import conninfo_to_dict
 
+from consumer import send
 from consumer.settings import ConfigError, Settings
 from registers import errors
 from registers import migrate as migrations
@@ -588,7 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true", help="delete the demo database first")
 
     all_settings = list(Settings.model_fields)
-    _command(sub, "consume", cmd_not_yet, "Kafka worker (not available in this version yet)", all_settings)
+    _command(
+        sub, "consume", cmd_consume, "Kafka worker: apply the command topics to PostgreSQL", all_settings
+    )
     p = _command(
         sub, "compact", cmd_not_yet, "compaction sidecar (not available in this version yet)", all_settings
     )
@@ -596,14 +599,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "send",
-        cmd_not_yet,
-        "produce commands to Kafka (not available in this version yet)",
+        cmd_send,
+        "validate JSON lines of commands, then produce them to a Kafka topic (key = recorder)",
         all_settings,
     )
-    p.add_argument("--topic")
-    p.add_argument("--file", metavar="FILE")
-    p.add_argument("--generate-ids", action="store_true")
-    p.add_argument("--skip-invalid", action="store_true")
+    p.add_argument("--topic", help="topic to produce to (default: the first of ACCUMULATOR_KAFKA_TOPICS)")
+    p.add_argument("--file", metavar="FILE", default="-", help="JSON lines, one command each; - = stdin")
+    p.add_argument("--generate-ids", action="store_true", help="add a random UUID id where none is given")
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="send the valid lines even when some are invalid"
+    )
     p = _command(sub, "bench", cmd_bench, "benchmark suite (SPEC §21; needs bench/ of a source checkout)")
     p.add_argument("--scale", type=float, help="fraction of the default load (1 = 1M history movements)")
     p.add_argument("--only", type=_name_list)
@@ -803,6 +808,82 @@ def configure_logging(settings: Settings) -> None:
 
 def cmd_not_yet(ctx: Context, args: argparse.Namespace) -> int:
     raise UsageError(f"{args.command}: not available in this version yet")
+
+
+def cmd_consume(ctx: Context, args: argparse.Namespace) -> int:
+    from consumer import loop  # imported here: only the worker needs the Kafka and batching machinery
+
+    return loop.run(ctx.settings)
+
+
+def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
+    """Validate every line before producing any (§17): invalid input sends nothing unless --skip-invalid."""
+    # imported here: confluent_kafka loads only for the commands that use it
+    from consumer.kafka import KafkaConfigError, client_logger, producer_config
+
+    settings = ctx.settings
+    topic = args.topic if args.topic is not None else settings.kafka_topics[0]
+    if not topic.strip():
+        raise UsageError("send: --topic must not be empty")
+    checked = _read_commands(args.file, generate_ids=args.generate_ids)
+    for invalid in checked.invalid:
+        print(invalid, file=sys.stderr)
+    skipped = len(checked.invalid)
+    if skipped and not args.skip_invalid:
+        total = skipped + len(checked.messages)
+        raise CliError(
+            f"send: {skipped} of {total} line(s) invalid; nothing sent (--skip-invalid sends the valid ones)",
+            EXIT_DATA,
+        )
+    try:
+        config = producer_config(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=settings.kafka_client_id,
+            kafka_extra=settings.kafka_extra,
+            producer_extra=settings.producer_extra,
+        )
+    except KafkaConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    sent = 0
+    if checked.messages:  # nothing to send: no need to reach the broker
+        try:
+            delivery = send.produce(
+                checked.messages,
+                topic,
+                config,
+                timeout_ms=settings.connect_timeout_ms,
+                progress=send.Progress(sys.stderr, len(checked.messages)),
+                logger=client_logger("send"),
+            )
+        except (send.KafkaSetupError, send.TopicMissing) as exc:
+            raise UsageError(f"send: {exc}") from exc
+        except send.KafkaUnreachable as exc:
+            raise CliError(f"send: {exc}", EXIT_UNREACHABLE) from exc
+        if not delivery.ok:
+            raise CliError(
+                f"send: {delivery.failed} of {delivery.total} command(s) not delivered to {topic} "
+                f"({delivery.first_error}); {delivery.sent} delivered, {delivery.unsent} not attempted",
+                EXIT_UNREACHABLE,
+            )
+        sent = delivery.sent
+    if ctx.out.json:
+        ctx.out.data({"sent": sent, "skipped": skipped, "topic": topic})
+    else:
+        ctx.out.text(f"sent {sent} command(s) to {topic}")
+        if skipped:
+            ctx.out.text(f"skipped {skipped} invalid line(s)")
+    return EXIT_OK
+
+
+def _read_commands(source: str, *, generate_ids: bool) -> send.Checked:
+    """`send.check_lines` over a file or stdin (`-`), read as bytes: values are produced as written."""
+    try:
+        if source == "-":
+            return send.check_lines(send.read_lines(sys.stdin.buffer), generate_ids=generate_ids)
+        with open(source, "rb") as stream:
+            return send.check_lines(send.read_lines(stream), generate_ids=generate_ids)
+    except OSError as exc:
+        raise UsageError(f"send: cannot read {source}: {exc.strerror or exc}") from None
 
 
 def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:

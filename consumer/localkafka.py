@@ -272,7 +272,8 @@ def delete_topics(bootstrap: str, names: Iterable[str], *, timeout: float = 30.0
     wanted = list(names)
     if not wanted:
         return
-    futures = _admin(bootstrap).delete_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
+    admin = _admin(bootstrap)  # kept referenced until the futures resolve: a destroyed client fails them
+    futures = admin.delete_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
     for future in futures.values():
         try:
             future.result(timeout=timeout)

@@ -219,6 +219,7 @@ def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
         yield name
     finally:
         try:
-            delete_topics(kafka_bootstrap, [name], timeout=10)
+            # with the dead-letter topic the worker creates (or a test made) for it
+            delete_topics(kafka_bootstrap, [name, f"{name}.dlq"], timeout=10)
         except Exception as exc:  # cleanup only: a broker a test stopped must not fail the test here
             logger.warning("could not delete topic %s: %s", name, exc)
