@@ -177,54 +177,117 @@ class Writer:
     def _apply(self, conn: psycopg.Connection[TupleRow], batch: Plan) -> list[Outcome]:
         commands = batch.commands
         outcomes: list[Outcome | None] = [None] * len(commands)
-        # (register, id) -> index of the batch's first command carrying it; later ones mirror its outcome
-        first_with_id: dict[tuple[str, str], int] = {}
         fingerprints: dict[int, str] = {}
-        mirrors: list[tuple[int, int]] = []  # (later index, first index)
+        carrying: dict[tuple[str, str], list[int]] = {}  # (register, id) -> indices in batch order
         for i, entry in enumerate(commands):
             cid = entry.command.id
-            if cid is None:
-                continue
-            key = (entry.command.register_name, cid)
-            fingerprints[i] = fingerprint(entry.command)
-            first = first_with_id.setdefault(key, i)
-            if first != i:
-                if fingerprints[first] == fingerprints[i]:
-                    mirrors.append((i, first))
-                else:
-                    outcomes[i] = _id_reused(key)
+            if cid is not None:
+                fingerprints[i] = fingerprint(entry.command)
+                carrying.setdefault((entry.command.register_name, cid), []).append(i)
+        first_with_id = {key: indices[0] for key, indices in carrying.items()}
         claimed = self._claim(conn, commands, first_with_id, fingerprints)
-        unclaimed = [key for key in first_with_id if key not in claimed]
-        if unclaimed:
-            recorded = self._recorded(conn, unclaimed)
-            for key in unclaimed:
-                i = first_with_id[key]
-                if key not in recorded:
-                    # Claimed by nobody and recorded nowhere: purged between our two statements. Rare; the
-                    # batch retries and claims it then.
-                    raise RaceLost(f"idempotency record {key} vanished between claim and read")
-                outcomes[i] = _DUPLICATE if recorded[key] == fingerprints[i] else _id_reused(key)
-        mirrored = {later for later, _ in mirrors}
-        to_apply = [i for i in range(len(commands)) if outcomes[i] is None and i not in mirrored]
-        for i, result in zip(to_apply, self._run_engine(conn, [commands[i] for i in to_apply]), strict=True):
+        unclaimed = [key for key in carrying if key not in claimed]
+        recorded = self._recorded(conn, unclaimed) if unclaimed else {}
+        owners: dict[tuple[str, str], int] = {}  # ids this batch claimed -> index of the command owning it
+        pending: dict[tuple[str, str], list[int]] = {}  # later carriers waiting on their owner's outcome
+        mirrors: dict[int, int] = {}  # index -> the in-batch owner whose payload it repeats
+        for key, indices in carrying.items():
+            if key in claimed:
+                owners[key] = indices[0]
+                pending[key] = indices[1:]
+            elif key in recorded:
+                for i in indices:  # the recorded command owns the id for good: it was applied
+                    outcomes[i] = _DUPLICATE if fingerprints[i] == recorded[key] else _id_reused(key)
+            else:
+                # Claimed by nobody and recorded nowhere: purged between our two statements. Rare; the
+                # batch retries and claims it then.
+                raise RaceLost(f"idempotency record {key} vanished between claim and read")
+        while True:
+            deferred = self._judge(owners, pending, fingerprints, outcomes, mirrors)
+            to_apply = [i for i in range(len(commands)) if outcomes[i] is None and i not in mirrors]
+            if not deferred:
+                results = self._run_engine(conn, [commands[i] for i in to_apply])
+                break
+            # Some later carrier differs from its owner: whether it is `id_reused` depends on the owner being
+            # applied. Try inside a savepoint; an owner rejected hands the id over and the batch runs again
+            # without it (a rejected command changes nothing, so the others' results stand).
+            with conn.transaction() as attempt:
+                results = self._run_engine(conn, [commands[i] for i in to_apply])
+                rejected_owners = {
+                    key: owners[key]
+                    for key in deferred
+                    if results[to_apply.index(owners[key])].status == "rejected"
+                }
+                if not rejected_owners:
+                    break
+                raise psycopg.Rollback(attempt)
+            handed: list[tuple[tuple[str, str], int]] = []
+            for key, owner in rejected_owners.items():
+                outcomes[owner] = results[to_apply.index(owner)]
+                successor = next(i for i in pending[key] if i not in mirrors)
+                pending[key] = [i for i in pending[key] if i != successor and mirrors.get(i) != owner]
+                owners[key] = successor
+                outcomes[successor] = None
+                handed.append((key, successor))
+            self._hand_over(conn, commands, handed, fingerprints)
+        for i, result in zip(to_apply, results, strict=True):
             outcomes[i] = result
-        released = [
-            (commands[i].command.register_name, commands[i].command.id)
-            for i in to_apply
-            if i in fingerprints and (o := outcomes[i]) is not None and o.status == "rejected"
-        ]
+        released = [key for key, owner in owners.items() if (o := outcomes[owner]) and o.status == "rejected"]
         if released:
             conn.execute(
                 _q("release_ids"),
                 {"registers": [r for r, _ in released], "ids": [cid for _, cid in released]},
             )
-        for later, first in mirrors:
-            first_outcome = outcomes[first]
-            if first_outcome is not None and first_outcome.status in ("applied", "duplicate"):
+        for later, owner in mirrors.items():
+            owner_outcome = outcomes[owner]
+            if owner_outcome is not None and owner_outcome.status == "applied":
                 outcomes[later] = _DUPLICATE
             else:
-                outcomes[later] = first_outcome
+                outcomes[later] = owner_outcome
         return [o if o is not None else Outcome("rejected", message="internal: no outcome") for o in outcomes]
+
+    @staticmethod
+    def _judge(
+        owners: Mapping[tuple[str, str], int],
+        pending: Mapping[tuple[str, str], list[int]],
+        fingerprints: Mapping[int, str],
+        outcomes: list[Outcome | None],
+        mirrors: dict[int, int],
+    ) -> list[tuple[str, str]]:
+        """Later carriers of an id this batch owns: a repeat mirrors its owner, another payload is `id_reused`
+        unless the owner may still be rejected. Returns the ids with such undecided carriers."""
+        deferred = []
+        for key, owner in owners.items():
+            for i in pending[key]:
+                if i in mirrors:
+                    continue
+                if fingerprints[i] == fingerprints[owner]:
+                    mirrors[i] = owner
+                else:
+                    outcomes[i] = _id_reused(key)
+                    if key not in deferred:
+                        deferred.append(key)
+        return deferred
+
+    def _hand_over(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        commands: Sequence[Planned],
+        handed: Sequence[tuple[tuple[str, str], int]],
+        fingerprints: Mapping[int, str],
+    ) -> None:
+        entries = [commands[i] for _, i in handed]
+        conn.execute(
+            _q("hand_over_ids"),
+            {
+                "registers": [r for (r, _), _ in handed],
+                "ids": [cid for (_, cid), _ in handed],
+                "fingerprints": [fingerprints[i] for _, i in handed],
+                "topics": [e.record.topic for e in entries],
+                "partitions": [e.record.partition for e in entries],
+                "offsets": [e.record.offset for e in entries],
+            },
+        )
 
     def _claim(
         self,

@@ -67,3 +67,14 @@ WHERE c.register = v.register AND c.id = v.id;
 
 -- name: register_names
 SELECT name FROM accum._registers;
+
+-- name: hand_over_ids
+-- Within one batch, the first command carrying an id was rejected: the id passes to the next command carrying
+-- it, as if the two had come in separate batches (a corrected command may reuse the id).
+UPDATE accum.consumer_commands AS c
+SET fingerprint = v.fingerprint, source_topic = v.topic, source_partition = v.partition,
+    source_offset = v.source_offset
+FROM unnest(%(registers)s::text[], %(ids)s::text[], %(fingerprints)s::text[], %(topics)s::text[],
+            %(partitions)s::int[], %(offsets)s::bigint[])
+    AS v(register, id, fingerprint, topic, partition, source_offset)
+WHERE c.register = v.register AND c.id = v.id;
