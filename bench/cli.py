@@ -22,6 +22,7 @@ from bench.scenarios.history import HISTORY_SCENARIOS, history
 from bench.scenarios.hot_key import hot_key, hot_key_durable
 from bench.scenarios.merge import merge
 from bench.scenarios.round_trip import round_trip
+from bench.scenarios.worker import WORKER_SCENARIOS, worker
 from bench.scenarios.writes import post_batch, post_single, post_small, repost, unpost
 from bench.workload import Shape
 
@@ -43,7 +44,7 @@ SIMPLE: Final[dict[str, Scenario]] = {
     "hot_key_durable": hot_key_durable,
     "merge": merge,
 }
-SCENARIOS: Final = (*SIMPLE, *HISTORY_SCENARIOS)
+SCENARIOS: Final = (*SIMPLE, *HISTORY_SCENARIOS, *WORKER_SCENARIOS)
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 
 
@@ -92,6 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="superuser DSN of a server to use (a database is created and dropped there); "
         "default: a throwaway local cluster",
     )
+    p.add_argument(
+        "--kafka",
+        default=None,
+        metavar="HOST:PORT",
+        help="Kafka bootstrap of the worker scenarios (default: ACCUMULATOR_BENCH_KAFKA, else a local one)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the benchmark database (and local cluster)")
     return p.parse_args(argv)
 
@@ -108,7 +115,7 @@ def _error_result(name: str, exc: BaseException) -> Result:
     )
 
 
-def run(b: Bench, selected: list[str]) -> list[Result]:
+def run(b: Bench, selected: list[str], kafka: str | None = None) -> list[Result]:
     results: list[Result] = []
     for name, fn in SIMPLE.items():
         if name not in selected:
@@ -127,6 +134,13 @@ def run(b: Bench, selected: list[str]) -> list[Result]:
         except Exception as exc:
             traceback.print_exc()
             results.append(_error_result("history", exc))
+    wanted = {n for n in selected if n in WORKER_SCENARIOS}
+    if wanted:  # last: it runs a broker and a worker process next to the server
+        try:
+            results += worker(b, wanted, kafka)
+        except Exception as exc:  # the broker did not start
+            traceback.print_exc()
+            results.append(_error_result("worker", exc))
     return [evaluate(r) for r in results]
 
 
@@ -174,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"scale {plan.scale} on {info['settings']['server_version']}, {info['cpu_count']} CPUs, "
             f"load average {info['loadavg_1_5_15']} (other processes share this machine)"
         )
-        results = run(b, selected)
+        results = run(b, selected, args.kafka)
     print(format_table(results))
     out = args.out or RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,10 @@ class Plan:
     hot_key_seconds: float  # per register, split over 2 interleaved rounds
     hot_key_clients: int
     merge_movements: int
+    worker_commands: int  # worker_single: single-movement commands pre-produced for one worker
+    worker_doc_commands: int  # worker_docs: 5-movement commands
+    worker_naive_movements: int  # the naive consumer's sample, per part
+    worker_latency_seconds: float  # worker_latency: paced production at 5k commands/s
 
     @classmethod
     def from_scale(cls, scale: float) -> Plan:
@@ -54,6 +58,10 @@ class Plan:
             hot_key_seconds=max(2.0, 10.0 * f),
             hot_key_clients=4,
             merge_movements=_at_least(10_000, 200_000 * scale),
+            worker_commands=_at_least(20_000, 200_000 * scale),
+            worker_doc_commands=_at_least(4_000, 40_000 * scale),
+            worker_naive_movements=_at_least(2_000, 10_000 * f),
+            worker_latency_seconds=max(5.0, 20.0 * f),
         )
 
     def as_dict(self) -> dict[str, Any]:

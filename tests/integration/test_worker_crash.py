@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka, pytest.mark.slow]
 def workers(db_dsn: str, kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> Iterator[Workers]:
     create_script_register(db_dsn, "stock")
     create_topics(kafka_bootstrap, [f"{kafka_topic}.dlq"], partitions=3)
-    pool = Workers(dsn_as(db_dsn, "t_writer"), kafka_bootstrap, kafka_topic, f"g-{uuid.uuid4().hex[:8]}", tmp_path)
+    pool = Workers(
+        dsn_as(db_dsn, "t_writer"), kafka_bootstrap, kafka_topic, f"g-{uuid.uuid4().hex[:8]}", tmp_path
+    )
     try:
         yield pool
     finally:
@@ -63,7 +65,9 @@ def test_two_workers_with_a_rebalance_in_the_middle(
     small = {"ACCUMULATOR_BATCH_MAX_MESSAGES": "25"}  # many batches, so the rebalance lands between them
     produce(kafka_bootstrap, kafka_topic, parts[0])
     first = workers.start(env=small)
-    wait_until(lambda: _progress(db_dsn, workers.group, kafka_topic) > 300, within=60, what="first worker busy")
+    wait_until(
+        lambda: _progress(db_dsn, workers.group, kafka_topic) > 300, within=60, what="first worker busy"
+    )
     second = workers.start(env=small)  # one joins
     produce(kafka_bootstrap, kafka_topic, parts[1])
     wait_until(lambda: "partitions assigned" in second.log(), within=60, what="second worker assigned")
@@ -81,13 +85,17 @@ def test_kill_9_in_the_middle_of_batches_then_restart(
     script = Script.generate("stock", 3000, seed=34)
     produce(kafka_bootstrap, kafka_topic, script.messages)
     # A killed member keeps its partitions until its session times out: keep that short here.
-    env = {"ACCUMULATOR_BATCH_MAX_MESSAGES": "40", "ACCUMULATOR_CONSUMER_EXTRA": '{"session.timeout.ms": 6000}'}
+    env = {
+        "ACCUMULATOR_BATCH_MAX_MESSAGES": "40",
+        "ACCUMULATOR_CONSUMER_EXTRA": '{"session.timeout.ms": 6000}',
+    }
     total = len(script.messages)
     for share in (0.2, 0.45, 0.7):
         worker = workers.start(env=env)
         before = _progress(db_dsn, workers.group, kafka_topic)
+        target = max(before + 1, int(total * share))
         wait_until(
-            lambda: _progress(db_dsn, workers.group, kafka_topic) >= max(before + 1, int(total * share)),
+            lambda target=target: _progress(db_dsn, workers.group, kafka_topic) >= target,
             within=90,
             what=f"progress past {share:.0%}",
         )
@@ -103,7 +111,10 @@ def test_two_workers_where_one_is_killed(
 ) -> None:
     script = Script.generate("stock", 2000, seed=55)
     produce(kafka_bootstrap, kafka_topic, script.messages)
-    env = {"ACCUMULATOR_BATCH_MAX_MESSAGES": "30", "ACCUMULATOR_CONSUMER_EXTRA": '{"session.timeout.ms": 6000}'}
+    env = {
+        "ACCUMULATOR_BATCH_MAX_MESSAGES": "30",
+        "ACCUMULATOR_CONSUMER_EXTRA": '{"session.timeout.ms": 6000}',
+    }
     victim = workers.start(env=env)
     workers.start(env=env)
     wait_until(lambda: _progress(db_dsn, workers.group, kafka_topic) > 400, within=60, what="workers busy")

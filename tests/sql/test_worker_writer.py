@@ -529,7 +529,8 @@ def test_an_id_passes_along_a_chain_of_rejected_carriers_in_one_batch(db: Conn, 
     fixed = post("d1", line(quantity="2"), id="c-1")
     other = post("d1", line(quantity="5"), id="c-1")
     out = run(writer, Stream().batch([first_bad, second_bad, first_bad, fixed, fixed, other]))
-    assert [o.status for o in out] == ["rejected", "rejected", "rejected", "applied", "duplicate", "id_reused"]
+    statuses = [o.status for o in out]
+    assert statuses == ["rejected", "rejected", "rejected", "applied", "duplicate", "id_reused"]
     assert [(m[0], m[4]) for m in movements(db)] == [("d1", Decimal("2.000"))]
     assert [(r[1], r[2]) for r in id_records(db)] == [("c-1", fp(fixed))]
 
