@@ -18,7 +18,9 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -58,6 +60,7 @@ __all__ = ["Backoff", "DeadLetterFailed", "Worker", "WorkerConfig", "run"]
 log = logging.getLogger("accumulator.worker")
 
 _OPS: Final = frozenset({"post", "unpost", "repost"})
+_OUTCOME_LABEL: Final = {"id_reused": "dead_lettered"}  # SPEC §16: failed before the engine
 _IDLE_TICK_S: Final = 1.0
 _REGISTRY_REFRESH_S: Final = 10.0
 _KAFKA_CALL_TIMEOUT_S: Final = 10.0
@@ -118,6 +121,21 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class _Taken:
+    """Records taken from the buffer as one batch; `planned` once decoded; `started` = first record polled."""
+
+    records: list[Record]
+    started: float
+    planned: Plan | None = None
+
+    def without(self, partitions: set[TP]) -> _Taken | None:
+        kept = [r for r in self.records if (r.topic, r.partition) not in partitions]
+        if len(kept) == len(self.records):
+            return self
+        return _Taken(kept, self.started) if kept else None
+
+
+@dataclass(frozen=True, slots=True)
 class _DeadLetter:
     record: Record
     error_class: str
@@ -162,8 +180,11 @@ class Worker:
         self.owned: set[TP] = set()  # assigned partitions, seeded or not
         self.unseeded: set[TP] = set()  # assigned but paused until PostgreSQL tells where to start
         self.hinted: dict[TP, int] = {}  # last offset committed to Kafka as the hint
-        self.inflight: list[Record] | None = None  # a batch waiting for its retry
-        self.inflight_started = 0.0
+        self.inflight: _Taken | None = None  # the batch being applied, or waiting for its retry
+        self.next_up: _Taken | None = None  # the batch after it, decoded while PostgreSQL applied the first
+        # One thread for the batch transaction, so the next batch is decoded meanwhile (psycopg releases the
+        # GIL while it waits on the server). Nothing polls Kafka while a transaction runs.
+        self.db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accumulator-db")
         self.retry_at = 0.0
         self.seed_retry_at = 0.0
         self.in_backoff = False
@@ -185,9 +206,11 @@ class Worker:
             now = time.monotonic()
             if self.unseeded and now >= self.seed_retry_at:
                 self._seed_paused()
-            if self.inflight is None and self.batcher.due():
-                self.inflight_started = time.monotonic() - self.batcher.oldest_age()
-                self.inflight = self.batcher.take()
+            if self.inflight is None:
+                if self.next_up is not None:
+                    self.inflight, self.next_up = self.next_up, None
+                elif self.batcher.due():
+                    self.inflight = self._take()
             if self.inflight is not None and now >= self.retry_at:
                 self._attempt(self.inflight)
                 if self.stop.is_set():
@@ -208,8 +231,18 @@ class Worker:
         return timeout
 
     def _poll(self) -> None:
-        room = self.batcher.room if self.inflight is None else 1
-        messages = self.consumer.consume(num_messages=room, timeout=self._poll_timeout())
+        # Room for two batches: the second is decoded while PostgreSQL applies the first.
+        room = max(1, 2 * self.cfg.batch_max_messages - len(self.batcher)) if self.inflight is None else 1
+        timeout = self._poll_timeout()
+        if len(self.batcher) == 0 and room > 1:
+            # librdkafka's consume(n, t) returns only when n messages are there or t has passed: with an empty
+            # buffer that would hold the first record back until a whole batch arrived. Wait for one record,
+            # then take what is already fetched; the batch wait starts at the first record (SPEC §14.1).
+            messages = self.consumer.consume(num_messages=1, timeout=timeout)
+            if messages:
+                messages += self.consumer.consume(num_messages=room - 1, timeout=0)
+        else:
+            messages = self.consumer.consume(num_messages=room, timeout=timeout)
         records: list[Record] = []
         for message in messages:
             error = message.error()
@@ -239,9 +272,9 @@ class Worker:
 
     # --- a batch -------------------------------------------------------------------------------------------
 
-    def _attempt(self, records: list[Record]) -> None:
+    def _attempt(self, taken: _Taken) -> None:
         try:
-            self._process(records)
+            self._process(taken)
         except Fenced as fenced:
             self.metrics.batch_retries.labels(cause="fenced").inc()
             log.warning(
@@ -249,7 +282,7 @@ class Worker:
                 extra={"action": "batch_fenced", "partitions": [f"{t}/{p}" for t, p in fenced.partitions]},
             )
             self.inflight = None
-            self._reseed({(r.topic, r.partition) for r in records})
+            self._reseed({(r.topic, r.partition) for r in taken.records})
         except (psycopg.Error, RaceLost) as exc:
             self._retry_later("postgres", exc)
         except (KafkaException, DeadLetterFailed, BufferError) as exc:
@@ -290,12 +323,17 @@ class Worker:
             self.consumer.resume(seeded)
         log.info("recovered", extra={"action": "recovered"})
 
-    def _process(self, records: list[Record]) -> None:
+    def _take(self) -> _Taken:
+        started = time.monotonic() - self.batcher.oldest_age()
+        return _Taken(self.batcher.take(), started)
+
+    def _process(self, taken: _Taken) -> None:
         # A record from before a seek, or of a partition revoked since it was polled, is not ours to apply.
+        records = taken.records
         mine = [r for r in records if r.offset >= self.expected.get((r.topic, r.partition), 1 << 62)]
         if not mine:
             return
-        batch = plan(mine)
+        batch = taken.planned if taken.planned is not None and len(mine) == len(records) else plan(mine)
         expected = {tp: self.expected[tp] for tp in batch.next_offsets}
         letters: list[_DeadLetter] = []
 
@@ -303,7 +341,11 @@ class Worker:
             letters.extend(self._dead_letters(batch, outcomes))
             self._produce(letters)
 
-        outcomes = self.writer.write(batch, expected, before_commit)
+        applying = self.db_thread.submit(self.writer.write, batch, expected, before_commit)
+        if self.next_up is None and self.batcher.due():
+            upcoming = self._take()
+            self.next_up = _Taken(upcoming.records, upcoming.started, plan(upcoming.records))
+        outcomes = applying.result()
         committed_at = time.monotonic()
         self.expected.update(batch.next_offsets)
         for letter in letters:
@@ -363,9 +405,12 @@ class Worker:
         m = self.metrics
         self.batches += 1
         m.batch_size.observe(len(batch.commands) + len(batch.rejects))
-        m.batch_duration.observe(max(0.0, committed_at - self.inflight_started))
+        started = self.inflight.started if self.inflight is not None else committed_at
+        m.batch_duration.observe(max(0.0, committed_at - started))
         now = datetime.now(UTC)
-        applied = 0
+        # Counted per label set first: one labels() lookup per distinct set, not two per command.
+        counts: Counter[tuple[str | None, str | None, str]] = Counter()
+        moved: Counter[str] = Counter()
         for entry, outcome in zip(batch.commands, outcomes, strict=True):
             command = entry.command
             register: str | None = command.register_name
@@ -373,12 +418,10 @@ class Worker:
                 register = None
             elif outcome.status in ("applied", "duplicate") or outcome.sqlstate is not None:
                 self.known_registers.add(command.register_name)
-            label = {"id_reused": "dead_lettered"}.get(outcome.status, outcome.status)
-            m.count_command(register, command.op, label)
+            counts[(register, command.op, _OUTCOME_LABEL.get(outcome.status, outcome.status))] += 1
             if outcome.status == "applied":
-                applied += 1
                 if command.op != "unpost" and outcome.affected:
-                    m.movements.labels(register=command.register_name).inc(outcome.affected)
+                    moved[command.register_name] += outcome.affected
                 if command.sent_at is not None:
                     m.command_age.observe(max(0.0, (now - command.sent_at).total_seconds()))
         if batch.rejects:
@@ -386,7 +429,12 @@ class Worker:
         for rejected in batch.rejects:
             register = rejected.register if rejected.register in self.known_registers else None
             op = rejected.op if rejected.op in _OPS else None
-            m.count_command(register, op, "dead_lettered")
+            counts[(register, op, "dead_lettered")] += 1
+        for (register, op, label), n in counts.items():
+            m.count_command(register, op, label, n)
+        for register_name, n in moved.items():
+            m.movements.labels(register=register_name).inc(n)
+        applied = sum(n for (_, _, label), n in counts.items() if label == "applied")
         for letter in letters:
             m.dead_letters.labels(reason=letter.error_class).inc()
         if batch.key_mismatches:
@@ -528,6 +576,8 @@ class Worker:
     def _reseed(self, partitions: set[TP]) -> None:
         """After fencing: forget what was buffered for `partitions`, seek them to what PostgreSQL holds."""
         self.batcher.drop(partitions)
+        if self.next_up is not None:
+            self.next_up = self.next_up.without(partitions)
         for tp in partitions:
             self.expected.pop(tp, None)
         self.unseeded.update(tp for tp in partitions if tp in self.owned)
@@ -540,7 +590,9 @@ class Worker:
         gone = set(tps)
         self.batcher.drop(gone)
         if self.inflight is not None:
-            self.inflight = [r for r in self.inflight if (r.topic, r.partition) not in gone] or None
+            self.inflight = self.inflight.without(gone)
+        if self.next_up is not None:
+            self.next_up = self.next_up.without(gone)
         for tp in tps:
             self.expected.pop(tp, None)
             self.owned.discard(tp)
@@ -579,6 +631,7 @@ class Worker:
         self._commit_hint(self.expected, asynchronous=False)
         self.consumer.close()  # leaves the group; the revoke callback runs in here
         self.producer.flush(5.0)
+        self.db_thread.shutdown(wait=True)
         self.writer.close()
 
 
