@@ -224,6 +224,33 @@ class Hold:
             raise RuntimeError("dead letters could not be flushed")
 
 
+def contend(
+    db: Conn, writer: Writer, rival: Writer, mine: Plan, theirs: Plan, hold: Hold, *, what: str
+) -> tuple[Background, Background]:
+    """`writer` writes `mine` (partition 0) and holds its transaction open in before_commit; `rival` then
+    writes `theirs` (partition of its first record) and must block on a lock (`what`); the hold is released
+    and both finish. Returns both threads (results or errors) for the test to judge; closes `rival`."""
+    rival_pid = rival.connection().info.backend_pid
+    their_tp = next(iter(theirs.next_offsets))
+    first = Background("first", lambda: writer.write(mine, {(TOPIC, 0): 0}, hold))
+    second = Background("second", lambda: rival.write(theirs, {their_tp: 0}, nothing))
+    try:
+        first.start()
+        assert hold.holding.wait(WAIT_S), "first batch never reached before_commit"
+        second.start()
+        wait_until(lambda: backend_waits_on_lock(db, rival_pid), within=WAIT_S, what=what)
+        assert second.is_alive()
+        hold.release.set()
+        first.finish()
+        second.finish()
+    finally:
+        hold.release.set()
+        first.join(WAIT_S)
+        second.join(WAIT_S)
+        rival.close()
+    return first, second
+
+
 # ---- stored offsets ---------------------------------------------------------------------------------------
 
 
@@ -393,24 +420,7 @@ def test_concurrent_writers_on_one_partition_one_is_fenced(db: Conn, writer: Wri
     mine = Stream().batch([post("mine", id="m")])
     theirs = Stream().batch([post("theirs", id="t"), post("theirs-2")])
     writer.insert_offsets({(TOPIC, 0): 0})
-    rival_pid = rival.connection().info.backend_pid
-    first = Background("first", lambda: writer.write(mine, {(TOPIC, 0): 0}, hold))
-    second = Background("second", lambda: rival.write(theirs, {(TOPIC, 0): 0}, nothing))
-    try:
-        first.start()
-        assert hold.holding.wait(WAIT_S), "first batch never reached before_commit"
-        second.start()
-        # the second blocks on the offset row the first has updated
-        wait_until(lambda: backend_waits_on_lock(db, rival_pid), within=WAIT_S, what="rival waits on the row")
-        assert second.is_alive()
-        hold.release.set()
-        first.finish()
-        second.finish()
-    finally:
-        hold.release.set()
-        first.join(WAIT_S)
-        second.join(WAIT_S)
-        rival.close()
+    first, second = contend(db, writer, rival, mine, theirs, hold, what="rival waits on the row")
     assert first.error is None
     assert first.result == [applied(1)]
     assert isinstance(second.error, Fenced), second.error
@@ -556,24 +566,7 @@ def test_concurrent_duplicate_waits_then_is_skipped(db: Conn, writer: Writer, wr
     mine = stream.batch([cmd], 0)
     theirs = stream.batch([post("other"), cmd], 1)
     writer.insert_offsets({(TOPIC, 0): 0, (TOPIC, 1): 0})
-    rival_pid = rival.connection().info.backend_pid
-    first = Background("first", lambda: writer.write(mine, {(TOPIC, 0): 0}, hold))
-    second = Background("second", lambda: rival.write(theirs, {(TOPIC, 1): 0}, nothing))
-    try:
-        first.start()
-        assert hold.holding.wait(WAIT_S), "first batch never reached before_commit"
-        second.start()
-        # the second batch waits on the first's uncommitted idempotency record
-        wait_until(lambda: backend_waits_on_lock(db, rival_pid), within=WAIT_S, what="rival waits on the id")
-        assert second.is_alive()
-        hold.release.set()
-        first.finish()
-        second.finish()
-    finally:
-        hold.release.set()
-        first.join(WAIT_S)
-        second.join(WAIT_S)
-        rival.close()
+    first, second = contend(db, writer, rival, mine, theirs, hold, what="rival waits on the id")
     assert first.error is None
     assert second.error is None
     assert first.result == [applied(1)]
@@ -592,22 +585,7 @@ def test_concurrent_holder_rolls_back_so_the_waiter_applies(
     stream = Stream()
     mine, theirs = stream.batch([cmd], 0), stream.batch([cmd], 1)
     writer.insert_offsets({(TOPIC, 0): 0, (TOPIC, 1): 0})
-    rival_pid = rival.connection().info.backend_pid
-    first = Background("first", lambda: writer.write(mine, {(TOPIC, 0): 0}, hold))
-    second = Background("second", lambda: rival.write(theirs, {(TOPIC, 1): 0}, nothing))
-    try:
-        first.start()
-        assert hold.holding.wait(WAIT_S), "first batch never reached before_commit"
-        second.start()
-        wait_until(lambda: backend_waits_on_lock(db, rival_pid), within=WAIT_S, what="rival waits on the id")
-        hold.release.set()
-        first.finish()
-        second.finish()
-    finally:
-        hold.release.set()
-        first.join(WAIT_S)
-        second.join(WAIT_S)
-        rival.close()
+    first, second = contend(db, writer, rival, mine, theirs, hold, what="rival waits on the id")
     assert isinstance(first.error, RuntimeError)
     assert second.error is None
     assert second.result == [applied(1)]
