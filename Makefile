@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap run test lint bench catalog clean distclean
+.PHONY: bootstrap run test lint bench soak catalog clean distclean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -23,6 +23,10 @@ test: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# make soak [SOAK_SEEDS=1,2,3,4]: the worker under random kill -9, long seeded streams (not in make test)
+soak: bootstrap
+	$(PY) -m pytest -q -m soak tests/integration/test_worker_soak.py
 
 # make bench [SCENARIO=post_batch,hot_key] [BENCH_ARGS='--scale 0.1 --check']
 bench: bootstrap
