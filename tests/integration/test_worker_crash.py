@@ -124,6 +124,35 @@ def test_two_workers_where_one_is_killed(
     _assert_dead_letters(script, kafka_bootstrap, kafka_topic)
 
 
+def test_a_frozen_worker_comes_back_as_a_fenced_zombie(
+    workers: Workers, db_dsn: str, kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """SIGSTOP a worker mid-stream until the group gives its partitions away, then SIGCONT it: whatever it
+    held (an open transaction, a planned batch, stale offsets) must not apply anything twice."""
+    script = Script.generate("stock", 2000, seed=144)
+    parts = list(chunks(script.messages, 2))
+    env = {
+        "ACCUMULATOR_BATCH_MAX_MESSAGES": "20",
+        "ACCUMULATOR_CONSUMER_EXTRA": '{"session.timeout.ms": 6000}',
+    }
+    produce(kafka_bootstrap, kafka_topic, parts[0])
+    zombie = workers.start(env=env)
+    wait_until(
+        lambda: _progress(db_dsn, workers.group, kafka_topic) > 200, within=60, what="first worker busy"
+    )
+    zombie.signal(signal.SIGSTOP)
+    try:
+        survivor = workers.start(env=env)
+        produce(kafka_bootstrap, kafka_topic, parts[1])
+        # the survivor owns everything once the zombie's session expired
+        wait_until(lambda: "partitions assigned" in survivor.log(), within=60, what="survivor assigned")
+    finally:
+        zombie.signal(signal.SIGCONT)
+    wait_caught_up(db_dsn, kafka_bootstrap, workers.group, kafka_topic, within=120)
+    assert_matches(script, db_dsn)
+    _assert_dead_letters(script, kafka_bootstrap, kafka_topic)
+
+
 @pytest.fixture
 def own_postgres(pg_roles: dict[str, str | None]) -> Iterator[LocalPostgres]:
     """A durable cluster of this test's own, so stopping it hurts nobody else."""
