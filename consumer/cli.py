@@ -593,9 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "consume", cmd_consume, "Kafka worker: apply the command topics to PostgreSQL", all_settings
     )
     p = _command(
-        sub, "compact", cmd_not_yet, "compaction sidecar (not available in this version yet)", all_settings
+        sub,
+        "compact",
+        cmd_compact,
+        "compaction sidecar: merge the high-write buffer, keep partitions ahead, purge, verify",
+        all_settings,
     )
-    p.add_argument("--once", action="store_true", help="run one pass of every task and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="run one pass of every task and exit (0; 3 when verify finds problems); "
+        "does nothing when another compactor leads",
+    )
     p = _command(
         sub,
         "send",
@@ -806,8 +815,10 @@ def configure_logging(settings: Settings) -> None:
 # Commands
 
 
-def cmd_not_yet(ctx: Context, args: argparse.Namespace) -> int:
-    raise UsageError(f"{args.command}: not available in this version yet")
+def cmd_compact(ctx: Context, args: argparse.Namespace) -> int:
+    from consumer import compactor  # imported here: only the sidecar needs the loop machinery
+
+    return compactor.run(ctx.settings, once=args.once)
 
 
 def cmd_consume(ctx: Context, args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import signal
 import threading
 import time
@@ -50,6 +49,7 @@ from consumer.kafka import (
     to_record,
 )
 from consumer.metrics import WorkerMetrics
+from consumer.schedule import Backoff
 from consumer.settings import ConfigError, Settings
 from consumer.writer import Fenced, Outcome, RaceLost, Writer
 from registers.errors import MigrationError, SchemaNotReady
@@ -69,24 +69,6 @@ _DLQ_FLUSH_TIMEOUT_S: Final = 30.0
 
 class DeadLetterFailed(Exception):
     """Dead letters could not be delivered: an infrastructure error, the batch rolls back (SPEC §13.3)."""
-
-
-class Backoff:
-    """Infrastructure retry delays (SPEC §14.1): initial, doubled per failure, capped, ±20 % jitter."""
-
-    def __init__(self, initial_s: float, cap_s: float, *, rng: Callable[[], float] = random.random) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self._rng = rng
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        base = min(self.cap_s, self.initial_s * 2.0 ** min(self.failures, 30))
-        self.failures += 1
-        return base * (0.8 + 0.4 * self._rng())
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 @dataclass(frozen=True, slots=True)

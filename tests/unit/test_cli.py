@@ -123,7 +123,7 @@ USAGE_ERRORS = [
     pytest.param(["register", "list", "--connect-timeout-ms", "0"], "connect-timeout-ms", id="bad-timeout"),
     pytest.param(["register", "list", "--dsn", "host=h port"], "invalid DSN", id="bad-dsn"),
     pytest.param(["--kafka-extra", "[1]", "consume"], "expected a JSON object", id="kafka-extra-not-object"),
-    pytest.param(["compact", "--once"], "not available in this version yet", id="compact-stub"),
+    pytest.param(["compact", "--once"], "no database given", id="compact-no-dsn"),
     pytest.param(["send", "--topic", " "], "--topic must not be empty", id="send-empty-topic"),
     pytest.param(["bench", "--scale", "x"], "invalid float value", id="bench-bad-scale"),
 ]
