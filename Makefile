@@ -8,12 +8,14 @@ PY := $(VENV)/bin/python
 bootstrap:
 	@scripts/bootstrap.sh
 
-# The engine demo streams documents for DEMO_ARGS' duration, prints balances and turnovers, and
-# stops its PostgreSQL; `make run DEMO_ARGS=` streams until Ctrl-C.
+# The demo (local PostgreSQL + Kafka, worker, compactor, a producer, a live summary) runs for DEMO_ARGS'
+# duration, checks the balances against what it sent and stops every server; `make run DEMO_ARGS=` streams
+# until Ctrl-C.
 DEMO_ARGS ?= --duration 20
 
 run: bootstrap
-	$(VENV)/bin/accumulator demo $(DEMO_ARGS)
+	@echo "accumulator demo $(DEMO_ARGS)    (make run DEMO_ARGS= runs it until Ctrl-C)"
+	@$(VENV)/bin/accumulator demo $(DEMO_ARGS)
 
 test: bootstrap
 	$(VENV)/bin/ruff check .

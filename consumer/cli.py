@@ -580,13 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = _command(
-        sub, "demo", cmd_demo, "local PostgreSQL, demo registers, a document stream, balances", DEMO_SETTINGS
+        sub,
+        "demo",
+        cmd_demo,
+        "local PostgreSQL and Kafka, worker, compactor, a producer, live summary",
+        DEMO_SETTINGS,
     )
     p.add_argument(
         "--rate", type=_positive_int, default=200, metavar="N", help="commands per second (default 200)"
     )
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
-    p.add_argument("--reset", action="store_true", help="delete the demo database first")
+    p.add_argument(
+        "--reset", action="store_true", help="delete the demo's PostgreSQL and Kafka data first (not the jars)"
+    )
 
     all_settings = list(Settings.model_fields)
     _command(

@@ -1,72 +1,76 @@
-"""`accumulator demo`, engine edition: a local PostgreSQL, the three demo registers, a seeded document stream.
+"""`accumulator demo` (SPEC §17): PostgreSQL and Kafka on loopback, the worker and the compactor as child
+processes, a producer streaming documents, a live summary; at the end balances, checks and a clean stop.
 
-Steps, one function each: start PostgreSQL under `<home>/pg` (kept between runs unless `--reset`), migrate,
-create the demo registers if absent, stream documents through `register_apply` at `--rate` commands/s until
-`--duration` or Ctrl-C, then print balances, a month turnover and verify results, and stop PostgreSQL.
+A run, one method each:
+1. home: `<home>/pg` (cluster), `<home>/kafka` (broker log dir), `<home>/cache` (Kafka jars), `<home>/logs`;
+   data is kept between runs, `--reset` deletes the cluster and the broker's data, never the jars;
+2. servers: PostgreSQL and Kafka on free ports; migrate; registers and topics when absent;
+3. children: `accumulator consume` and `accumulator compact`; wait until the worker is ready and has drained
+   what an earlier run left in the topic, then read the starting balances (the model's baseline);
+4. stream: the producer thread sends `--rate` commands/s; the summary refreshes every second;
+5. end (`--duration`, Ctrl-C or SIGTERM): stop the producer, wait for the worker to catch up, print balances
+   and the checks (balances = start + what was sent, dead letters, verify), write `<home>/last-run.json`;
+6. stop the children (SIGTERM, SIGKILL past a deadline), Kafka and PostgreSQL by PID, whatever happened.
+
+Exit: 0 all checks passed (also after Ctrl-C: it is how a run without `--duration` ends); 3 a check failed
+(balances, dead letters, verify, catch-up); 1 a process failed; 2 a prerequisite is missing; 6 the kept data
+belongs to another version; 130 a second Ctrl-C skipped the checks, or the first came while starting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import random
 import shutil
 import signal
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any, TextIO
+from types import FrameType, TracebackType
+from typing import Any, Final, Self, TextIO
 
 import psycopg
+from confluent_kafka import KafkaException
 
-from consumer.localpg import LocalPostgres, LocalPostgresError, PrerequisiteMissing
+from consumer.demo_model import Expected
+from consumer.demo_processes import Child, kafka_cache_dir, metrics_port
+from consumer.demo_producer import DemoProducer
+from consumer.demo_report import Report, print_balances, read_dead_letters, read_totals, verify_registers
+from consumer.demo_stream import DEMO_REGISTERS, DocumentStream
+from consumer.demo_summary import LiveView, render, render_line
+from consumer.demo_watch import Snapshot, Watcher, ready
+from consumer.kafka import client_logger, producer_config
+from consumer.localkafka import KAFKA_VERSION, LocalKafka, LocalKafkaError, create_topics, jars_ready
+from consumer.localpg import LocalPostgres, LocalPostgresError, PrerequisiteMissing, free_port
 from registers import migrate as migrations
 from registers.client import RegisterClient
 from registers.errors import MigrationError
-from registers.models import ApplyResult, RegisterDefinition
 
-__all__ = ["DEMO_REGISTERS", "DemoError", "DemoOptions", "DocumentStream", "run"]
+__all__ = ["DemoError", "DemoOptions", "DemoPaths", "prepare_home", "run"]
 
 log = logging.getLogger("accumulator.demo")
 
-DEMO_REGISTERS: tuple[RegisterDefinition, ...] = (
-    RegisterDefinition(
-        name="demo_inventory",
-        kind="balance",
-        dimensions={"warehouse": "integer", "product": "integer"},
-        resources={"quantity": "numeric(18,3)", "amount": "numeric(18,2)"},
-    ),
-    RegisterDefinition(
-        name="demo_accounts",
-        kind="balance",
-        high_write=True,
-        dimensions={"account": "text", "currency": "text"},
-        resources={"amount": "numeric(18,2)"},
-    ),
-    RegisterDefinition(
-        name="demo_sales",
-        kind="turnover",
-        dimensions={"channel": "text", "sku": "text"},
-        resources={"qty": "integer"},
-    ),
-)
-
-BATCH_MAX = 500  # commands per register_apply call
-PROGRESS_EVERY_S = 5.0
-HISTORY_DAYS = 90  # documents are dated over the last three months
-
-WAREHOUSES = (1, 2, 3)
-PRODUCTS = tuple(range(101, 113))
-ACCOUNTS = ("cash", "bank:main", "bank:savings", "customer:acme", "customer:globex", "supplier:initech")
-CURRENCIES = ("EUR", "USD")
-CHANNELS = ("web", "store", "marketplace")
-SKUS = tuple(f"SKU-{n:03d}" for n in range(1, 13))
+TOPIC: Final = "demo.commands"
+DLQ_TOPIC: Final = "demo.commands.dlq"
+GROUP: Final = "demo"
+PARTITIONS: Final = 3
+WORKER_PORT: Final = 9400
+COMPACTOR_PORT: Final = 9401
+HOST: Final = "127.0.0.1"
+READY_WITHIN_S: Final = 60.0
+CATCH_UP_WITHIN_S: Final = 30.0
+STOP_WITHIN_S: Final = 30.0
+REFRESH_S: Final = 1.0
+RATE_WINDOW_S: Final = 5.0
+RESULT_FILE: Final = "last-run.json"
+INTERRUPTED: Final = "interrupted before the checks"
 
 
 class DemoError(Exception):
@@ -86,227 +90,38 @@ class DemoOptions:
     seed: int = 20260418
 
 
-# ---- the document stream (pure: a seeded generator of register_apply commands) ---------------------------
+@dataclass(frozen=True)
+class DemoPaths:
+    home: Path
+    pg: Path
+    kafka: Path
+    cache: Path
+    logs: Path
 
 
-def _q(value: float, places: int) -> Decimal:
-    return Decimal(str(round(value, places))).quantize(Decimal(1).scaleb(-places))
+# ---- home -------------------------------------------------------------------------------------------------
 
 
-def _price(product: int) -> Decimal:
-    return _q(2.5 + (product - 100) * 0.75, 2)
-
-
-@dataclass
-class DocumentStream:
-    """Receipts, shipments, transfers, sales; reposts and unposts of earlier ones; ~2 % bad commands.
-
-    It keeps a model of stock so shipments only take what is there, and the last documents it posted so
-    corrections target real ones. `today` and the run tag keep recorders unique across demo runs.
-    """
-
-    rng: random.Random
-    run_tag: str
-    today: date
-    issued: int = 0
-    stock: dict[tuple[int, int], Decimal] = field(default_factory=dict)
-    recent: dict[str, tuple[str, list[dict[str, Any]]]] = field(
-        default_factory=dict
-    )  # recorder -> (register, movs)
-
-    def batch(self, size: int) -> list[dict[str, Any]]:
-        return [self.command() for _ in range(size)]
-
-    def command(self) -> dict[str, Any]:
-        self.issued += 1
-        roll = self.rng.random()
-        if roll < 0.02:
-            return self._bad()
-        if roll < 0.10 and self.recent:
-            return self._repost()
-        if roll < 0.14 and self.recent:
-            return self._unpost()
-        if roll < 0.42:
-            return self._receipt()
-        if roll < 0.62:
-            return self._shipment()
-        if roll < 0.82:
-            return self._transfer()
-        return self._sale()
-
-    # -- helpers
-
-    def _recorder(self, kind: str) -> str:
-        return f"{kind}:{self.run_tag}:{self.issued}"
-
-    def _period(self) -> str:
-        day = self.today - timedelta(days=self.rng.randrange(HISTORY_DAYS))
-        if self.rng.random() < 0.3:
-            return day.isoformat()  # a local date: 00:00 in the register zone
-        seconds = self.rng.randrange(8 * 3600, 20 * 3600)
-        return f"{day.isoformat()}T{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}Z"
-
-    def _post(self, register: str, recorder: str, movements: list[dict[str, Any]]) -> dict[str, Any]:
-        self.recent[recorder] = (register, movements)
-        if len(self.recent) > 2000:
-            self.recent.pop(next(iter(self.recent)))
-        return {"op": "post", "register": register, "recorder": recorder, "movements": movements}
-
-    def _move_stock(self, movements: Sequence[Mapping[str, Any]], sign: int) -> None:
-        for m in movements:
-            key = (m["warehouse"], m["product"])
-            self.stock[key] = self.stock.get(key, Decimal(0)) + sign * m["quantity"]
-
-    # -- documents
-
-    def _receipt(self) -> dict[str, Any]:
-        period, warehouse = self._period(), self.rng.choice(WAREHOUSES)
-        lines = []
-        for product in self.rng.sample(PRODUCTS, self.rng.randint(1, 4)):
-            qty = _q(self.rng.uniform(5, 120), 3)
-            lines.append(
-                {"period": period, "warehouse": warehouse, "product": product, "quantity": qty,
-                 "amount": (qty * _price(product)).quantize(Decimal("0.01"))}
-            )  # fmt: skip
-        self._move_stock(lines, +1)
-        return self._post("demo_inventory", self._recorder("receipt"), lines)
-
-    def _shipment(self) -> dict[str, Any]:
-        available = [(k, q) for k, q in self.stock.items() if q >= 1]
-        if not available:
-            return self._receipt()
-        period = self._period()
-        lines = []
-        for (warehouse, product), qty_there in self.rng.sample(
-            available, min(len(available), self.rng.randint(1, 3))
-        ):
-            qty = _q(self.rng.uniform(0.5, float(qty_there) / 2), 3)
-            lines.append(
-                {"period": period, "warehouse": warehouse, "product": product, "quantity": -qty,
-                 "amount": -(qty * _price(product)).quantize(Decimal("0.01"))}
-            )  # fmt: skip
-        self._move_stock(lines, +1)
-        return self._post("demo_inventory", self._recorder("shipment"), lines)
-
-    def _transfer(self) -> dict[str, Any]:
-        source, target = self.rng.sample(ACCOUNTS, 2)
-        currency = self.rng.choice(CURRENCIES)
-        amount = _q(self.rng.uniform(10, 5000), 2)
-        period = self._period()
-        lines = [
-            {"period": period, "account": source, "currency": currency, "amount": -amount},
-            {"period": period, "account": target, "currency": currency, "amount": amount},
-        ]
-        return self._post("demo_accounts", self._recorder("transfer"), lines)
-
-    def _sale(self) -> dict[str, Any]:
-        period, channel = self._period(), self.rng.choice(CHANNELS)
-        lines = [
-            {"period": period, "channel": channel, "sku": sku, "qty": self.rng.randint(1, 5)}
-            for sku in self.rng.sample(SKUS, self.rng.randint(1, 3))
-        ]
-        return self._post("demo_sales", self._recorder("sale"), lines)
-
-    # -- corrections
-
-    def _pick_recent(self, allowed: Callable[[str], bool]) -> tuple[str, str, list[dict[str, Any]]] | None:
-        candidates = [r for r in self.recent if allowed(r)]
-        if not candidates:
-            return None
-        recorder = self.rng.choice(candidates)
-        register, movements = self.recent[recorder]
-        return recorder, register, movements
-
-    def _repost(self) -> dict[str, Any]:
-        picked = self._pick_recent(lambda r: not r.startswith("shipment:"))
-        if picked is None:
-            return self._receipt()
-        recorder, register, old = picked
-        new = [self._corrected(register, m) for m in old]
-        if register == "demo_inventory":
-            self._move_stock(old, -1)
-            self._move_stock(new, +1)
-        self.recent[recorder] = (register, new)
-        return {"op": "repost", "register": register, "recorder": recorder, "movements": new}
-
-    def _corrected(self, register: str, m: Mapping[str, Any]) -> dict[str, Any]:
-        """The same line with its quantity raised a little (a receipt counted again, a sale amended)."""
-        if register == "demo_inventory":
-            qty = (m["quantity"] * _q(self.rng.uniform(1.0, 1.1), 2)).quantize(Decimal("0.001"))
-            return {**m, "quantity": qty, "amount": (qty * _price(m["product"])).quantize(Decimal("0.01"))}
-        if register == "demo_accounts":
-            return {**m, "amount": (m["amount"] * Decimal("1.05")).quantize(Decimal("0.01"))}
-        return {**m, "qty": m["qty"] + 1}
-
-    def _unpost(self) -> dict[str, Any]:
-        # Receipts stay: cancelling one could leave shipped goods that never arrived.
-        picked = self._pick_recent(lambda r: not r.startswith("receipt:"))
-        if picked is None:
-            return self._transfer()
-        recorder, register, old = picked
-        if register == "demo_inventory":
-            self._move_stock(old, -1)
-        del self.recent[recorder]
-        return {"op": "unpost", "register": register, "recorder": recorder}
-
-    def _bad(self) -> dict[str, Any]:
-        """A command the engine must reject, changing nothing (a Kafka run sends these to the DLQ)."""
-        recorder, period = self._recorder("bad"), self._period()
-        movement: dict[str, Any]
-        register = "demo_inventory"
-        match self.rng.randrange(4):
-            case 0:  # 4 decimals for a numeric(18,3) resource: rejected, never rounded (22023)
-                movement = {"period": period, "warehouse": 1, "product": 101, "quantity": Decimal("1.2345"),
-                            "amount": Decimal("3.09")}  # fmt: skip
-            case 1:  # a dimension the register does not have (42703)
-                register = "demo_sales"
-                movement = {"period": period, "channel": "web", "sku": "SKU-001", "qty": 1, "colour": "red"}
-            case 2:  # not a §5.2 period (22007)
-                register = "demo_accounts"
-                movement = {"period": "yesterday", "account": "cash", "currency": "EUR", "amount": 1}
-            case _:  # a register that does not exist (42704)
-                register = "demo_nope"
-                movement = {"period": period, "x": 1}
-        return {"op": "post", "register": register, "recorder": recorder, "movements": [movement]}
-
-
-# ---- steps ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class StreamStats:
-    commands: int = 0
-    applied: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by SQLSTATE
-    movements: int = 0
-    merged_rows: int = 0
-
-    def add(self, results: Sequence[ApplyResult]) -> None:
-        self.commands += len(results)
-        for r in results:
-            if r.outcome == "applied":
-                self.applied += 1
-                self.movements += r.affected or 0
-            else:
-                self.rejected[r.sqlstate or "?"] += 1
-
-
-def prepare_home(home: Path, reset: bool, out: TextIO) -> Path:
-    """`<home>/pg` holds the cluster; `--reset` deletes only that, never anything else under home.
+def prepare_home(home: Path, reset: bool, out: TextIO) -> DemoPaths:
+    """The demo's folders; `--reset` deletes the cluster and the broker's data, nothing else under home.
 
     As root the server runs as user postgres, which cannot enter a checkout under /root: the cluster
     then lives in /var/tmp, in a folder named after the home, and the demo says so.
     """
-    base = home.resolve() / "pg"
+    home = home.resolve()
+    pg = home / "pg"
     if not LocalPostgres.server_can_reach(home):
-        digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
-        base = Path("/var/tmp") / f"accumulator-{digest}" / "pg"
-        print(f"note: user postgres cannot enter {home.resolve()}; the cluster lives in {base}", file=out)
-    if reset and base.exists():
-        shutil.rmtree(base)
-        print(f"reset: deleted {base}", file=out)
+        digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+        pg = Path("/var/tmp") / f"accumulator-{digest}" / "pg"
+        print(f"note: user postgres cannot enter {home}; the cluster lives in {pg}", file=out)
+    kafka = home / "kafka"
+    if reset:
+        for path in (pg, kafka):
+            if path.exists():
+                shutil.rmtree(path)
+                print(f"reset: deleted {path}", file=out)
     home.mkdir(parents=True, exist_ok=True)
-    return base
+    return DemoPaths(home, pg, kafka, kafka_cache_dir(home), home / "logs")
 
 
 def migrate_schema(conn: psycopg.Connection[Any], out: TextIO) -> None:
@@ -327,197 +142,432 @@ def ensure_registers(client: RegisterClient, out: TextIO) -> None:
             print(f"created register {defn.name}", file=out)
 
 
-def stream_documents(
-    client: RegisterClient,
-    docs: DocumentStream,
-    rate: int,
-    deadline: float | None,
-    stats: StreamStats,
-    out: TextIO,
-) -> None:
-    """`rate` commands per second in `register_apply` batches ('skip': bad ones come back rejected).
+# ---- signals and logs -------------------------------------------------------------------------------------
 
-    Counts go into `stats` as they happen, so an interrupted stream still reports what it did.
+
+class Signals:
+    """Ctrl-C and SIGTERM. While starting they interrupt (KeyboardInterrupt, the servers are then stopped);
+    once streaming the first ends the stream (`stop`), a second skips waiting and reporting (`hurry`).
     """
-    started = next_tick = last_report = time.monotonic()
-    while deadline is None or time.monotonic() < deadline:
-        remaining = rate
-        while remaining > 0:
-            size = min(remaining, BATCH_MAX)
-            stats.add(client.apply(docs.batch(size), on_error="skip"))
-            remaining -= size
-        now = time.monotonic()
-        if now - last_report >= PROGRESS_EVERY_S:
-            stats.merged_rows += client.merge("demo_accounts")  # the compactor's job in the full demo
-            elapsed = now - started
-            print(
-                f"{elapsed:6.1f}s  commands {stats.commands} ({stats.commands / elapsed:.0f}/s)  "
-                f"movements {stats.movements}  rejected {sum(stats.rejected.values())}",
-                file=out,
-                flush=True,
-            )
-            last_report = now
-        next_tick += 1.0
-        pause = next_tick - time.monotonic()
-        if deadline is not None:
-            pause = min(pause, deadline - time.monotonic())
-        if pause > 0:
-            time.sleep(pause)  # pacing to --rate, not a wait on a condition
-    stats.merged_rows += client.merge("demo_accounts")
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+        self.raising = True
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.raising:
+            raise KeyboardInterrupt
+        if self.stop.is_set():
+            self.hurry.set()
+        self.stop.set()
+
+    def __enter__(self) -> Self:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
-def _table(rows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
-    from consumer.cli import render_table  # the CLI's table format; cli imports this module lazily
-
-    print(render_table(rows), file=out)
-
-
-def print_stream(stats: StreamStats, out: TextIO) -> None:
-    rejected = ", ".join(f"{state} x{n}" for state, n in sorted(stats.rejected.items())) or "none"
-    print(
-        f"\nstream: {stats.commands} commands, {stats.applied} applied, {stats.movements} movements written, "
-        f"rejected: {rejected}; merged {stats.merged_rows} delta rows of demo_accounts",
-        file=out,
-    )
-
-
-def print_balances(client: RegisterClient, today: date, out: TextIO) -> None:
-    month_start = today.replace(day=1)
-    print("\ndemo_inventory: balance now and at the start of the month", file=out)
-    rows: list[dict[str, Any]] = []
-    for warehouse in WAREHOUSES:
-        for product in PRODUCTS[:2]:
-            dims = {"warehouse": warehouse, "product": product}
-            now = client.balance("demo_inventory", dims)
-            then = client.balance("demo_inventory", dims, month_start)
-            rows.append({**dims, **now, f"quantity@{month_start}": then.get("quantity")})
-    rows.append({"warehouse": 1, "product": "(all)", **client.balance("demo_inventory", {"warehouse": 1})})
-    _table(rows, out)
-
-    print("\ndemo_accounts: balances (transfers net to zero per currency)", file=out)
-    rows = [
-        {
-            "account": account,
-            "currency": "EUR",
-            **client.balance("demo_accounts", {"account": account, "currency": "EUR"}),
-        }
-        for account in ACCOUNTS[:3]
-    ]
-    rows += [
-        {"account": "(all)", "currency": c, **client.balance("demo_accounts", {"currency": c})}
-        for c in CURRENCIES
-    ]
-    _table(rows, out)
-
-
-def print_turnover(client: RegisterClient, today: date, out: TextIO) -> None:
-    this_month = today.replace(day=1)
-    last_month = (this_month - timedelta(days=1)).replace(day=1)
-    # Bounds are inclusive: the month is [first day 00:00, next month's first instant - 1 µs], local time.
-    end = datetime.combine(this_month, datetime.min.time()) - timedelta(microseconds=1)
-    rows = client.turnover("demo_sales", last_month, end, group_by=["channel"])
-    print(f"\ndemo_sales: turnover of {last_month:%B %Y} by channel", file=out)
-    _table([{**r.group, **r.resources} for r in rows] or [{"channel": "(none)", "qty": 0}], out)
-
-
-def verify_registers(client: RegisterClient, out: TextIO) -> bool:
-    print("\nverify:", file=out)
-    clean = True
-    for defn in DEMO_REGISTERS:
-        problems = client.verify(defn.name)
-        clean = clean and not problems
-        print(f"  {defn.name}: {'ok' if not problems else f'{len(problems)} problem(s)'}", file=out)
-        for p in problems[:10]:
-            print(
-                f"    {p.check_type} {p.status} {p.dimensions} expected {p.expected} actual {p.actual}",
-                file=out,
-            )
-    return clean
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the demo like Ctrl-C, so PostgreSQL is always stopped cleanly."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
+@contextlib.contextmanager
+def _log_to_file(path: Path) -> Iterator[None]:
+    """The demo's own log lines go to `path`; the terminal keeps errors only, so the summary stays readable
+    (the demo prints what matters itself: a broker coming up, for one, makes its clients warn and retry).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    quietened = [h for h in root.handlers if getattr(h, "_accumulator", False) and h.level < logging.ERROR]
+    if root.level <= logging.DEBUG:
+        quietened = []  # asked for debug output: show it
+    levels = [h.level for h in quietened]
+    root.addHandler(handler)
+    for h in quietened:
+        h.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for h, level in zip(quietened, levels, strict=True):
+            h.setLevel(level)
+        root.removeHandler(handler)
+        handler.close()
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(dsn, autocommit=True, application_name="accumulator-demo")
+# ---- the run ----------------------------------------------------------------------------------------------
 
 
-def stream_phase(dsn: str, options: DemoOptions, today: date, out: TextIO) -> bool:
-    """Migrate, create the registers, stream until the deadline; True when Ctrl-C ended it."""
-    with _connect(dsn) as conn:
-        migrate_schema(conn, out)
-        client = RegisterClient(conn)
-        ensure_registers(client, out)
-        run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-        docs = DocumentStream(random.Random(options.seed), run_tag, today)
-        deadline = None if options.duration is None else time.monotonic() + options.duration
-        how_long = "until Ctrl-C" if deadline is None else f"for {options.duration:g}s"
-        print(f"streaming {options.rate} commands/s {how_long} ...", file=out, flush=True)
-        stats = StreamStats()
-        interrupted = False
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Demo:
+    """One run's servers, children and clients, so `teardown` can stop whatever was started."""
+
+    def __init__(self, options: DemoOptions, paths: DemoPaths, out: TextIO) -> None:
+        self.options = options
+        self.paths = paths
+        self.out = out
         try:
-            stream_documents(client, docs, options.rate, deadline, stats, out)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: summarising, then stopping PostgreSQL", file=out, flush=True)
-        print_stream(stats, out)
-    return interrupted
+            self.pg = LocalPostgres(paths.pg, durable=False)
+            self.kafka = LocalKafka(paths.kafka, cache_dir=paths.cache, die_with_parent=True)
+        except PrerequisiteMissing as exc:
+            raise DemoError(str(exc), 2) from exc
+        self.today = datetime.now(UTC).date()
+        self.run_tag = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        self.worker: Child | None = None
+        self.compactor: Child | None = None
+        self.watcher: Watcher | None = None
+        self.producer: DemoProducer | None = None
+        self.model = Expected({d.name: d for d in DEMO_REGISTERS})
+        self.worker_url = self.compactor_url = ""
+        self.dlq_start: dict[int, int] = {}
+        self.pids: dict[str, int | None] = {}
+        self.result: dict[str, Any] = {"run_tag": self.run_tag, "rate": options.rate}
+        self.problems: list[str] = []  # a process failed (exit 1)
 
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
-def summary_phase(dsn: str, today: date, out: TextIO) -> bool:
-    """Balances, a month turnover, verify; on a new connection (an interrupt may have broken the first)."""
-    with _connect(dsn) as conn:
-        client = RegisterClient(conn)
-        print_balances(client, today, out)
-        print_turnover(client, today, out)
-        return verify_registers(client, out)
+    # -- 2. servers
 
+    def start_servers(self) -> None:
+        if not jars_ready(self.kafka.cache_dir):
+            self.say(
+                f"fetching the Kafka {KAFKA_VERSION} jars once into {self.kafka.cache_dir} "
+                "(Maven Central; a minute or two) ..."
+            )
+        try:
+            self.pg.start()
+            self.pids["postgres"] = self.pg.pid
+            self.say(f"PostgreSQL {self.pg.dsn} (data in {self.pg.data_dir}; psql works while the demo runs)")
+            self.kafka.start()
+            self.pids["kafka"] = self.kafka.pid
+        except PrerequisiteMissing as exc:
+            raise DemoError(str(exc), 2) from exc
+        except LocalPostgresError as exc:
+            raise DemoError(
+                f"local PostgreSQL failed: {_first_line(exc)} (log: {self.pg.log_file})", 1
+            ) from exc
+        except LocalKafkaError as exc:
+            raise DemoError(
+                f"local Kafka failed: {_first_line(exc)} (log: {self.kafka.log_file})", 1
+            ) from exc
+        self.say(f"Kafka {self.kafka.bootstrap} (data in {self.kafka.data_dir})")
 
-def _start(pg: LocalPostgres) -> None:
-    try:
-        pg.start()
-    except PrerequisiteMissing as exc:
-        raise DemoError(str(exc), 2) from exc
-    except LocalPostgresError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DemoError(f"local PostgreSQL failed: {first} (log: {pg.log_file})", 1) from exc
+    def prepare(self) -> None:
+        with psycopg.connect(self.pg.dsn, autocommit=True, application_name="accumulator-demo") as conn:
+            migrate_schema(conn, self.out)
+            ensure_registers(RegisterClient(conn), self.out)
+        create_topics(self.kafka.bootstrap, [TOPIC, DLQ_TOPIC], PARTITIONS, exist_ok=True)
+        self.watcher = Watcher(self.pg.dsn, self.kafka.bootstrap, TOPIC, GROUP)
+        if self.watcher.forget_stale_offsets():
+            self.say(f"note: {TOPIC} was made anew; the worker's stored offsets start over")
+
+    # -- 3. children
+
+    def start_children(self) -> None:
+        worker_port = metrics_port(WORKER_PORT)
+        compactor_port = metrics_port(COMPACTOR_PORT)
+        while compactor_port == worker_port:  # both busy and the kernel picked the same free port twice
+            compactor_port = free_port(HOST)
+        for name, want, got in (
+            ("worker", WORKER_PORT, worker_port),
+            ("compactor", COMPACTOR_PORT, compactor_port),
+        ):
+            if got != want:
+                self.say(f"note: port {want} is busy; the {name} serves its metrics on port {got}")
+        self.worker_url = f"http://{HOST}:{worker_port}"
+        self.compactor_url = f"http://{HOST}:{compactor_port}"
+        common = {
+            "ACCUMULATOR_DSN": self.pg.dsn,
+            "ACCUMULATOR_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "ACCUMULATOR_KAFKA_TOPICS": TOPIC,
+            "ACCUMULATOR_KAFKA_GROUP_ID": GROUP,
+            "ACCUMULATOR_METRICS_HOST": HOST,
+            "ACCUMULATOR_LOG_LEVEL": "INFO",
+        }
+        self.worker = Child(
+            "worker",
+            "consume",
+            {
+                **common,
+                "ACCUMULATOR_KAFKA_CLIENT_ID": "demo-worker",
+                "ACCUMULATOR_METRICS_PORT": str(worker_port),
+                "ACCUMULATOR_BATCH_MAX_WAIT_MS": "100",
+                "ACCUMULATOR_SHUTDOWN_GRACE_MS": "10000",
+            },
+            self.paths.logs / "worker.log",
+        )
+        self.pids["worker"] = self.worker.pid
+        # Short intervals, so merges and verifies show within the demo's seconds.
+        self.compactor = Child(
+            "compactor",
+            "compact",
+            {
+                **common,
+                "ACCUMULATOR_KAFKA_CLIENT_ID": "demo-compactor",
+                "ACCUMULATOR_METRICS_PORT": str(compactor_port),
+                "ACCUMULATOR_MERGE_INTERVAL_MS": "1000",
+                "ACCUMULATOR_MERGE_DELAY_MS": "1000",
+                "ACCUMULATOR_VERIFY_INTERVAL_MS": "10000",
+                "ACCUMULATOR_LEADER_POLL_MS": "1000",
+            },
+            self.paths.logs / "compactor.log",
+        )
+        self.pids["compactor"] = self.compactor.pid
+        self.say(
+            f"worker    pid {self.worker.pid}, metrics {self.worker_url}/metrics (log {self.worker.log_path})"
+        )
+        self.say(
+            f"compactor pid {self.compactor.pid}, metrics {self.compactor_url}/metrics "
+            f"(log {self.compactor.log_path})"
+        )
+        self.result["metrics"] = {
+            "worker": f"{self.worker_url}/metrics",
+            "compactor": f"{self.compactor_url}/metrics",
+        }
+
+    def compactor_state(self) -> str:
+        if self.compactor is None:
+            return "not started"
+        code = self.compactor.exit_code()
+        if code is None:
+            return "running"
+        line = self.compactor.last_line()
+        if code == 2 and "not available" in line:
+            return "not available in this version"
+        return f"exited {code}: {line[-120:]}"
+
+    def _worker_failed(self) -> str | None:
+        assert self.worker is not None
+        code = self.worker.exit_code()
+        if code is None:
+            return None
+        return f"the worker exited ({code}): {self.worker.last_line()[-200:]} (log: {self.worker.log_path})"
+
+    def wait_worker(self) -> None:
+        """Ready (in its group), then caught up with what an earlier run left; then the baseline."""
+        assert self.watcher is not None
+        assert self.worker is not None
+        log_path = self.worker.log_path
+        deadline = time.monotonic() + READY_WITHIN_S
+        while not ready(f"{self.worker_url}/readyz"):
+            if failed := self._worker_failed():
+                raise DemoError(failed, 1)
+            if time.monotonic() >= deadline:
+                raise DemoError(f"the worker was not ready within {READY_WITHIN_S:g}s (log: {log_path})", 1)
+            time.sleep(0.1)  # poll /readyz; the deadline bounds the wait
+        if not self.catch_up(READY_WITHIN_S, threading.Event()):
+            raise DemoError(
+                f"the worker did not drain the messages an earlier run left within {READY_WITHIN_S:g}s "
+                f"(log: {log_path}); `accumulator demo --reset` starts over",
+                1,
+            )
+        client = self.watcher.client
+        for defn in DEMO_REGISTERS:
+            self.model.start(defn.name, read_totals(client, defn))
+        self.dlq_start = self.watcher.watermarks(DLQ_TOPIC)
+        self.watcher.mark_start()
+
+    def catch_up(self, within: float, hurry: threading.Event) -> bool:
+        """Wait until the worker stored offsets up to the topic's end; False on timeout, hurry or its exit."""
+        assert self.watcher is not None
+        deadline = time.monotonic() + within
+        while True:
+            with contextlib.suppress(psycopg.Error, KafkaException):  # asked again until the deadline
+                if self.watcher.lag() == 0:
+                    return True
+            if hurry.is_set() or self._worker_failed() or time.monotonic() >= deadline:
+                return False
+            hurry.wait(0.1)  # poll the offsets; the deadline bounds the wait
+
+    # -- 4. stream
+
+    def stream(self, signals: Signals) -> None:
+        assert self.watcher is not None
+        config: dict[str, Any] = producer_config(
+            bootstrap_servers=self.kafka.bootstrap,
+            client_id="demo-producer",
+            kafka_extra={},
+            producer_extra={},
+        )
+        config["logger"] = client_logger("demo-producer")
+        docs = DocumentStream(random.Random(self.options.seed), self.run_tag, self.today)
+        self.producer = DemoProducer(config, TOPIC, docs, self.model, rate=self.options.rate)
+        duration = self.options.duration
+        how_long = "until Ctrl-C" if duration is None else f"for {duration:g} s (Ctrl-C stops early)"
+        self.say(f"\nstreaming {self.options.rate} commands/s to {TOPIC} {how_long}\n")
+        view = LiveView(self.out)
+        started = time.monotonic()
+        self.producer.start()
+        history: deque[Snapshot] = deque()
+        while not signals.stop.is_set():
+            elapsed = time.monotonic() - started
+            if duration is not None and elapsed >= duration:
+                break
+            snap = self.watcher.snapshot(
+                sent=self.producer.sent,
+                worker_url=f"{self.worker_url}/metrics",
+                compactor_url=f"{self.compactor_url}/metrics",
+                today=self.today,
+            )
+            history.append(snap)
+            while len(history) > 2 and snap.at - history[0].at > RATE_WINDOW_S:
+                history.popleft()
+            frame = render(
+                history,
+                elapsed=elapsed,
+                duration=duration,
+                compactor_state=self.compactor_state(),
+                now=time.time(),
+            )
+            view.show(frame, render_line(history, elapsed=elapsed))
+            if failed := self._worker_failed():
+                self.problems.append(failed)
+                break
+            if self.producer.crashed is not None:
+                self.problems.append(f"the demo producer failed: {_first_line(self.producer.crashed)}")
+                break
+            left = REFRESH_S if duration is None else min(REFRESH_S, duration - (time.monotonic() - started))
+            signals.stop.wait(max(left, 0.0))
+        view.done()
+        self.result["duration_s"] = round(time.monotonic() - started, 2)
+        self.result["interrupted"] = signals.stop.is_set()
+
+    # -- 5. end
+
+    def finish(self, signals: Signals) -> Report:
+        assert self.producer is not None
+        assert self.watcher is not None
+        report = Report()
+        self.producer.stop()
+        if not self.producer.join(40):
+            report.failures.append("the producer did not finish flushing")
+        p = self.producer
+        failed = f", {p.failed} failed ({p.first_error})" if p.failed else ""
+        self.say(
+            f"\nstopped the producer: {p.sent:,} messages sent ({p.malformed} malformed), "
+            f"{p.acked:,} acknowledged{failed}"
+        )
+        if p.failed or p.unacknowledged:
+            report.failures.append(f"{p.failed + p.unacknowledged} message(s) not acknowledged by Kafka")
+        self.result["sent"] = {
+            "messages": p.sent, "acknowledged": p.acked, "failed": p.failed, "malformed": p.malformed,
+            "ops": dict(self.model.ops),
+        }  # fmt: skip
+        started = time.monotonic()
+        caught_up = self.catch_up(CATCH_UP_WITHIN_S, signals.hurry)
+        self.result["caught_up"] = caught_up
+        if signals.hurry.is_set():
+            self.say("second interrupt: skipping the report")
+            report.failures.append(INTERRUPTED)
+            return report
+        if caught_up:
+            self.say(f"the worker caught up in {time.monotonic() - started:.1f} s")
+        else:
+            lag = "?"
+            with contextlib.suppress(Exception):
+                lag = str(self.watcher.lag())
+            self.say(f"the worker did not catch up within {CATCH_UP_WITHIN_S:g} s (lag {lag})")
+            report.failures.append("the worker did not catch up")
+        client = self.watcher.client
+        print_balances(client, self.today, self.out)
+        self.say("\nchecks")
+        actual = {d.name: read_totals(client, d) for d in DEMO_REGISTERS}
+        report.balances(self.model, actual, self.out)
+        dlq_end = self.watcher.watermarks(DLQ_TOPIC)
+        letters = read_dead_letters(self.kafka.bootstrap, DLQ_TOPIC, self.dlq_start, dlq_end)
+        report.dead_letters(self.model.dead_letters, letters, DLQ_TOPIC, self.out)
+        self.result["compactor"] = self.compactor_state()
+        report.verify(verify_registers(client, self.out), self.result["compactor"], self.out)
+        return report
+
+    # -- 6. stop
+
+    def teardown(self) -> None:
+        """Stop everything that was started, in order; each step runs even when an earlier one failed."""
+        if self.producer is not None:
+            self.producer.stop()
+            self.producer.join(10)
+        if self.watcher is not None:
+            self.watcher.close()
+        children = [c for c in (self.worker, self.compactor) if c is not None]
+        for child in children:
+            child.terminate()  # side by side: both get the whole deadline
+        deadline = time.monotonic() + STOP_WITHIN_S
+        stopped = []
+        self.result.setdefault("compactor", self.compactor_state())
+        for child in children:
+            code = child.stop(deadline - time.monotonic())
+            stopped.append(f"{child.name} (pid {child.pid}, exit {code})")
+            self.result.setdefault("exit_codes", {})[child.name] = code
+        for name, server in (("Kafka", self.kafka), ("PostgreSQL", self.pg)):
+            pid = server.pid
+            try:
+                server.stop()
+                if pid is not None:
+                    stopped.append(f"{name} (pid {pid})")
+            except (LocalKafkaError, LocalPostgresError, OSError) as exc:
+                self.say(f"stopping {name} failed: {_first_line(exc)}")
+        self.result["pids"] = self.pids
+        if stopped:
+            self.say(f"\nstopped {', '.join(stopped)}; data kept in {self.paths.home} (--reset starts over)")
+
+    def write_result(self, report: Report | None, code: int) -> Path:
+        path = self.paths.home / RESULT_FILE
+        data = {
+            **self.result,
+            **(report.data if report else {}),
+            "failures": report.failures if report else [],
+        }
+        data["problems"] = self.problems
+        data["exit_code"] = code
+        path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        return path
 
 
 def run(options: DemoOptions, out: TextIO) -> int:
-    """The whole demo; returns the exit code (0, 3 verify problems, 130 interrupted)."""
-    base = prepare_home(options.home, options.reset, out)
-    try:
-        pg = LocalPostgres(base, durable=False)
-    except PrerequisiteMissing as exc:
-        raise DemoError(str(exc), 2) from exc
-    today = datetime.now(UTC).date()
-    with _sigterm_as_interrupt():
+    """The whole demo; returns the exit code (module docstring)."""
+    paths = prepare_home(options.home, options.reset, out)
+    demo = Demo(options, paths, out)
+    report: Report | None = None
+    with Signals() as signals, _log_to_file(paths.logs / "demo.log"):
         try:
-            _start(pg)
-            print(
-                f"PostgreSQL {pg.dsn}, data in {pg.data_dir} (kept between runs; --reset deletes it)",
-                file=out,
-            )
-            interrupted = stream_phase(pg.dsn, options, today, out)
-            clean = summary_phase(pg.dsn, today, out)
+            demo.start_servers()
+            demo.prepare()
+            demo.start_children()
+            demo.wait_worker()
+            signals.raising = False  # from here a signal ends the stream, and the report still runs
+            demo.stream(signals)
+            report = demo.finish(signals)
         finally:
-            pg.stop()
-    print(f"\nPostgreSQL stopped; data kept in {pg.data_dir}", file=out)
-    if interrupted:
+            signals.raising = False
+            demo.teardown()
+    code = _exit_code(report, demo.problems)
+    path = demo.write_result(report, code)
+    failures = [] if report is None else [f for f in report.failures if f != INTERRUPTED]
+    for failure in failures:
+        demo.say(f"check failed: {failure}")
+    for problem in demo.problems:
+        demo.say(f"error: {problem}")
+    outcome = {0: "all checks passed", 130: "interrupted before the checks"}.get(code, f"exit {code}")
+    demo.say(f"result: {outcome}; details in {path}")
+    return code
+
+
+def _exit_code(report: Report | None, problems: list[str]) -> int:
+    # Ctrl-C is how a demo without --duration ends: a clean run exits 0 however it was stopped.
+    if problems or report is None:
+        return 1
+    if report.failures == [INTERRUPTED]:
         return 130
-    return 0 if clean else 3
+    return 3 if report.failures else 0

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,6 @@ from consumer.cli import (
     EXIT_DATA,
     EXIT_OK,
     EXIT_SCHEMA,
-    EXIT_USAGE,
     EXIT_VERIFY,
     main,
 )
@@ -331,51 +326,4 @@ def test_settings_from_environment(
     assert main(["register", "list"]) == EXIT_OK
     monkeypatch.setenv("ACCUMULATOR_DSN", "postgresql://postgres@127.0.0.1:1/x")
     assert main(["register", "list", "--dsn", db_dsn]) == EXIT_OK  # the flag wins
-    capsys.readouterr()
-
-
-# ---- demo -------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def demo_home() -> Iterator[Path]:
-    """A home the `postgres` user can reach when the tests run as root (pytest's tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="cli-demo-"))
-    os.chmod(path, 0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_demo_runs_and_keeps_its_data(demo_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    home = str(demo_home / "home")
-    assert main(["demo", "--duration", "1.5", "--rate", "100", "--home", home]) == EXIT_OK
-    out = capsys.readouterr().out
-    for expected in (
-        "created register demo_inventory",
-        "created register demo_accounts",
-        "created register demo_sales",
-        "demo_inventory: ok",
-        "demo_accounts: ok",
-        "demo_sales: ok",
-        "PostgreSQL stopped",
-        str(demo_home / "home" / "pg" / "data"),
-    ):
-        assert expected in out, out
-    assert "stream: " in out
-    assert " 0 applied" not in out
-
-    # Data kept: the second run finds the registers; --reset starts over.
-    assert main(["demo", "--duration", "0.5", "--home", home]) == EXIT_OK
-    assert "created register" not in capsys.readouterr().out
-    assert main(["demo", "--duration", "0.5", "--home", home, "--reset"]) == EXIT_OK
-    out = capsys.readouterr().out
-    assert "reset: deleted" in out
-    assert "created register demo_inventory" in out
-
-
-def test_demo_usage_error_needs_no_database(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--rate", "-1"]) == EXIT_USAGE
     capsys.readouterr()
