@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: at Ctrl-C)")
     p.add_argument(
-        "--reset", action="store_true", help="delete the demo's PostgreSQL and Kafka data first (not the jars)"
+        "--reset", action="store_true", help="delete the demo's PostgreSQL and Kafka data first (jars kept)"
     )
 
     all_settings = list(Settings.model_fields)
