@@ -18,6 +18,7 @@ run: bootstrap
 	@$(VENV)/bin/accumulator demo $(DEMO_ARGS)
 
 test: bootstrap
+	@scripts/tools.sh  # pinned helm, promtool, kubernetes-validate, hadolint, buildah (tests/deploy)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
