@@ -42,6 +42,7 @@ from consumer.schedule import (
     wake_in,
 )
 from consumer.settings import Settings
+from consumer.writer import cancel_running
 from registers.errors import MigrationError, SchemaNotReady, TransientError
 from registers.migrate import ensure_ready, migrate, package_version, status
 from registers.sqlfiles import queries
@@ -310,12 +311,7 @@ class Verifier:
     def cancel(self) -> None:
         """Stop the pass after (or, by cancelling the statement, during) the current register; thread-safe."""
         self._cancel.set()
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=2.0)
-            except Exception as exc:  # best effort: the connection may be going away
-                log.debug("verify cancel failed: %s", exc)
+        cancel_running(self._conn)
 
     def stop(self, within: float = _VERIFY_STOP_S) -> None:
         """Cancel a running pass and wait for its thread (cancelling again: a cancel may land between
@@ -392,12 +388,7 @@ class Compactor:
 
     def cancel_statement(self) -> None:
         """Cancel the leader connection's running statement (shutdown grace exceeded); thread-safe."""
-        conn = self.conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=2.0)
-            except Exception as exc:  # best effort: the connection may be gone already
-                log.debug("cancel failed: %s", exc)
+        cancel_running(self.conn)
 
     def close(self) -> None:
         conn, self.conn = self.conn, None

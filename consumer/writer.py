@@ -22,7 +22,7 @@ from consumer.commands import fingerprint
 from registers.errors import is_data_error
 from registers.sqlfiles import queries
 
-__all__ = ["Fenced", "Outcome", "RaceLost", "Writer"]
+__all__ = ["Fenced", "Outcome", "RaceLost", "Writer", "cancel_running"]
 
 log = logging.getLogger("accumulator.writer")
 
@@ -87,12 +87,7 @@ class Writer:
 
     def cancel(self) -> None:
         """Cancel the running statement (shutdown grace exceeded); safe from another thread."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            try:
-                conn.cancel_safe(timeout=2.0)
-            except Exception as exc:  # best effort: the connection may be gone already
-                log.debug("cancel failed: %s", exc)
+        cancel_running(self._conn)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -350,6 +345,15 @@ class Writer:
                 raise
             diag = exc.diag
             return Outcome("rejected", sqlstate=exc.sqlstate, message=diag.message_primary or str(exc))
+
+
+def cancel_running(conn: psycopg.Connection[Any] | None) -> None:
+    """Ask the server to cancel `conn`'s running statement; best effort, safe from another thread."""
+    if conn is not None and not conn.closed:
+        try:
+            conn.cancel_safe(timeout=2.0)
+        except Exception as exc:  # the connection may be gone already
+            log.debug("cancel failed: %s", exc)
 
 
 def _outcomes(rows: Sequence[tuple[Any, ...]]) -> list[Outcome]:
