@@ -21,7 +21,7 @@ from typing import Final
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.kafka import consumer_config, producer_config
+from consumer.kafka import consumer_config, produce_with_room, producer_config
 from consumer.localkafka import LocalKafka, create_topics
 
 __all__ = [
@@ -120,22 +120,13 @@ class Produced:
             self.next_offsets[partition] = max(self.next_offsets.get(partition, 0), offset + 1)
 
 
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes, on_delivery: Delivery) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-            return
-        except BufferError:  # local queue full: serve delivery reports until there is room
-            producer.poll(0.05)
-
-
 def produce_all(bootstrap: str, topic: str, messages: Iterable[KeyValue]) -> Produced:
     """Produce everything as fast as the client takes it, flush, and raise if any delivery failed."""
     out = Produced()
     producer = _producer(bootstrap, "bench-producer")
     started = time.perf_counter()
     for key, value in messages:
-        _produce(producer, topic, key, value, out.delivered)
+        produce_with_room(producer, topic, value, key, on_delivery=out.delivered)
         out.messages += 1
         if out.messages % 1000 == 0:
             producer.poll(0)
@@ -207,7 +198,7 @@ def produce_paced(bootstrap: str, topic: str, messages: Sequence[KeyValue], rate
             last = time.perf_counter()
             out.max_lag = max(out.max_lag, last - started - sent / rate)
             key, value = messages[sent]
-            _produce(producer, topic, key, value, functools.partial(out.delivered, last))
+            produce_with_room(producer, topic, value, key, on_delivery=functools.partial(out.delivered, last))
             sent += 1
         producer.poll(0)  # delivery reports, so their callbacks do not pile up
         wait = started + sent / rate - time.perf_counter()

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import FrameType
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import psycopg
 from prometheus_client import CollectorRegistry
@@ -32,8 +29,8 @@ from psycopg.rows import TupleRow
 
 from consumer.health import Health, MetricsServer
 from consumer.metrics import CompactorMetrics
+from consumer.process import check_schema, install_signals, one_line, restore_signals
 from consumer.schedule import (
-    EXIT_INTERRUPTED,
     Backoff,
     Every,
     Leadership,
@@ -44,7 +41,7 @@ from consumer.schedule import (
 from consumer.settings import Settings
 from consumer.writer import cancel_running
 from registers.errors import MigrationError, SchemaNotReady, TransientError
-from registers.migrate import ensure_ready, migrate, package_version, status
+from registers.migrate import package_version
 from registers.sqlfiles import queries
 
 __all__ = ["LEADER_KEY", "Compactor", "CompactorConfig", "Verifier", "VerifyPass", "run", "serve"]
@@ -69,11 +66,6 @@ _SQL: Final = queries("compactor")
 
 def _q(name: str) -> bytes:
     return _SQL[name].encode("utf-8")  # bytes: psycopg takes them as a literal query
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 def _broken(conn: Conn | None) -> bool:
@@ -180,7 +172,7 @@ class Verifier:
                 self.metrics.count_error("verify")
                 log.warning(
                     "verify: cannot connect (%s); pass abandoned",
-                    _one_line(exc),
+                    one_line(exc),
                     extra={"action": "verify_failed", "registers": len(names) - len(result.mismatches)},
                 )
                 result.failed.extend(n for n in names if n not in result.mismatches)
@@ -226,7 +218,7 @@ class Verifier:
                 "verify of %s %s: %s",
                 name,
                 "timed out" if timed_out else "failed",
-                _one_line(exc),
+                one_line(exc),
                 extra={"action": "verify_failed", "register": name, "timed_out": timed_out},
             )
             if _broken(conn):
@@ -382,7 +374,7 @@ class Compactor:
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:  # keepalives only shorten a failover: never a reason to stop
-                log.warning("session settings refused: %s", _one_line(exc), extra={"action": "session_setup"})
+                log.warning("session settings refused: %s", one_line(exc), extra={"action": "session_setup"})
             self._session_ready = True
         return conn
 
@@ -441,7 +433,7 @@ class Compactor:
         try:
             row = conn.execute(_q("try_lead"), {"key": self.key}).fetchone()
         except psycopg.Error as exc:
-            raise _ConnectionLost(_one_line(exc)) from exc
+            raise _ConnectionLost(one_line(exc)) from exc
         return bool(row and row[0])
 
     def _acquired(self, now: float) -> None:
@@ -501,19 +493,19 @@ class Compactor:
         delay = self.backoff.next_delay()
         log.warning(
             "PostgreSQL unavailable (%s); retrying in %.1f s",
-            _one_line(exc),
+            one_line(exc),
             delay,
             extra={"action": "connect_retry", "delay_s": round(delay, 3)},
         )
         return delay
 
     def _disconnected(self, exc: BaseException) -> None:
-        self.health.set_ready_part("postgres", False, _one_line(exc))
+        self.health.set_ready_part("postgres", False, one_line(exc))
         self.close()
         if self.leadership.connection_lost(time.monotonic()) is not None:
             log.warning(
                 "leadership lost with the connection",
-                extra={"action": "leader_lost", "error": _one_line(exc)},
+                extra={"action": "leader_lost", "error": one_line(exc)},
             )
             self._step_down()
 
@@ -602,12 +594,12 @@ class Compactor:
         self.metrics.count_error(task)
         self.failed.add(task)
         if _broken(conn):
-            raise _ConnectionLost(_one_line(exc)) from exc
+            raise _ConnectionLost(one_line(exc)) from exc
         log.warning(
             "%s failed%s: %s",
             task,
             f" for {register}" if register else "",
-            _one_line(exc),
+            one_line(exc),
             extra={"action": f"{task}_failed", "register": register, "sqlstate": exc.sqlstate},
         )
 
@@ -779,35 +771,6 @@ class _Interrupts:
             timer.cancel()
 
 
-def _install_signals(stop: threading.Event, on_first: Callable[[], None]) -> dict[int, Any]:
-    """SIGTERM/SIGINT: the first sets `stop` (the current task finishes), a second exits 130 at once.
-    Returns the handlers replaced, for `_restore_signals`."""
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting at once")
-            os._exit(EXIT_INTERRUPTED)
-        log.info("signal %s: finishing the current task", signal.Signals(signum).name)
-        stop.set()
-        on_first()
-
-    return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _check_schema(conn: Conn, migrate_on_start: bool) -> str:
-    """Migrate if asked, refuse a pending or conflicting schema; returns the schema version."""
-    if migrate_on_start:
-        migrate(conn)
-    ensure_ready(conn)
-    applied = [s.version for s in status(conn) if s.state == "applied"]
-    return str(max(applied)) if applied else "0"
-
-
 def _wait_for_database(
     dsn: str, cfg: CompactorConfig, migrate_on_start: bool, stop: threading.Event, health: Health
 ) -> tuple[Conn, str] | None:
@@ -818,15 +781,15 @@ def _wait_for_database(
         conn: Conn | None = None
         try:
             conn = _connect(dsn, cfg.connect_timeout_s, "compact")
-            version = _check_schema(conn, migrate_on_start)
+            version = check_schema(conn, migrate_on_start)
         except (psycopg.OperationalError, TransientError) as exc:
             if conn is not None:
                 conn.close()
             delay = backoff.next_delay()
-            health.set_ready_part("postgres", False, _one_line(exc))
+            health.set_ready_part("postgres", False, one_line(exc))
             log.warning(
                 "PostgreSQL unreachable (%s); retrying in %.1f s",
-                _one_line(exc),
+                one_line(exc),
                 delay,
                 extra={"action": "connect_retry", "delay_s": round(delay, 3)},
             )
@@ -848,11 +811,11 @@ def _connect_once(dsn: str, cfg: CompactorConfig, migrate_on_start: bool) -> tup
         conn = _connect(dsn, cfg.connect_timeout_s, "compact")
     except psycopg.OperationalError as exc:
         state = exc.sqlstate or ""
-        log.error("cannot connect to PostgreSQL: %s", _one_line(exc), extra={"action": "connect_failed"})
+        log.error("cannot connect to PostgreSQL: %s", one_line(exc), extra={"action": "connect_failed"})
         # Wrong credentials or database are configuration; anything else means unreachable (SPEC §17).
         return _EXIT_USAGE if state.startswith("28") or state == "3D000" else _EXIT_UNREACHABLE
     try:
-        return conn, _check_schema(conn, migrate_on_start)
+        return conn, check_schema(conn, migrate_on_start)
     except BaseException:
         conn.close()
         raise
@@ -920,7 +883,7 @@ def serve(
                 return compactor.run_once()
             except (_ConnectionLost, psycopg.OperationalError) as exc:
                 log.error(
-                    "PostgreSQL connection lost: %s", _one_line(exc), extra={"action": "connection_lost"}
+                    "PostgreSQL connection lost: %s", one_line(exc), extra={"action": "connection_lost"}
                 )
                 return _EXIT_UNREACHABLE
         compactor.run()
@@ -938,9 +901,9 @@ def run(settings: Settings, *, once: bool = False) -> int:
     settings.database_dsn()  # ConfigError (exit 2) before anything is set up
     stop = threading.Event()
     interrupts = _Interrupts(settings.shutdown_grace_ms / 1000)
-    previous = _install_signals(stop, interrupts)
+    previous = install_signals(stop, interrupts, finishing="task")
     try:
         return serve(settings, stop, once=once, interrupts=interrupts)
     finally:
         interrupts.close()
-        _restore_signals(previous)
+        restore_signals(previous)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 from consumer.commands import canonical_json
 from consumer.demo_model import Expected
 from consumer.demo_stream import DocumentStream, Planned
+from consumer.kafka import produce_with_room
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
@@ -135,10 +136,5 @@ class DemoProducer:
             self._model.sent(planned.command, planned.dead_letter)
             if len(self._model.live) > _PRUNE_AT:
                 self._model.prune(self._stream.recent)
-        while True:
-            try:
-                producer.produce(self._topic, value, key)
-                break
-            except BufferError:  # the local queue is full: serve delivery reports, then retry
-                producer.poll(0.1)
+        produce_with_room(producer, self._topic, value, key)
         self.sent += 1

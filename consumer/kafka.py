@@ -7,10 +7,10 @@ transactions are read, cooperative rebalancing), so pass-through settings may no
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -24,6 +24,7 @@ __all__ = [
     "client_logger",
     "consumer_config",
     "ensure_dead_letter_topics",
+    "produce_with_room",
     "producer_config",
     "to_record",
 ]
@@ -152,6 +153,34 @@ def to_record(message: Message) -> Record:
         headers=headers,
         timestamp=timestamp if timestamp_type != 0 else None,  # 0 = TIMESTAMP_NOT_AVAILABLE
     )
+
+
+def produce_with_room(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    *,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    """`producer.produce`, waiting while librdkafka's local queue is full (BufferError): delivery reports are
+    served meanwhile, which frees room; `on_wait` runs after each wait (e.g. to refresh a progress line).
+    Other errors (a message refused locally) propagate."""
+    optional: dict[str, Any] = {}  # only what is given: no per-message callback keeps the client's default
+    if headers is not None:
+        optional["headers"] = headers
+    if on_delivery is not None:
+        optional["on_delivery"] = on_delivery
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, **optional)
+            return
+        except BufferError:
+            producer.poll(0.1)
+            if on_wait is not None:
+                on_wait()
 
 
 def client_logger(name: str) -> logging.Logger:

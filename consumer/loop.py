@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any, Final
 
 import psycopg
@@ -45,15 +42,17 @@ from consumer.kafka import (
     client_logger,
     consumer_config,
     ensure_dead_letter_topics,
+    produce_with_room,
     producer_config,
     to_record,
 )
 from consumer.metrics import WorkerMetrics
+from consumer.process import check_schema, install_signals, one_line, restore_signals
 from consumer.schedule import Backoff
 from consumer.settings import ConfigError, Settings
 from consumer.writer import Fenced, Outcome, RaceLost, Writer
 from registers.errors import MigrationError, SchemaNotReady
-from registers.migrate import ensure_ready, migrate, package_version, status
+from registers.migrate import package_version
 
 __all__ = ["Backoff", "DeadLetterFailed", "Worker", "WorkerConfig", "run"]
 
@@ -281,14 +280,14 @@ class Worker:
         log.warning(
             "batch failed (%s: %s); retrying in %.1f s",
             cause,
-            _one_line(exc),
+            one_line(exc),
             delay,
             extra={"action": "batch_retry", "cause": cause, "delay_s": round(delay, 3)},
         )
         if not self.in_backoff:
             self.in_backoff = True
             self.health.set_ready_part("backoff", False, f"{cause} unavailable")
-            self.health.set_ready_part(cause, False, _one_line(exc))
+            self.health.set_ready_part(cause, False, one_line(exc))
             # Stop fetching while the batch waits: nothing new could be applied before it anyway.
             seeded = [TopicPartition(t, p) for t, p in self.expected]
             if seeded:
@@ -366,14 +365,9 @@ class Worker:
                 r, letter.error_class, letter.reason, self.cfg.group, first, letter.sqlstate
             )
             topic = dead_letter_topic(r.topic, self.cfg.dlq_topic)
-            while True:
-                try:
-                    self.producer.produce(
-                        topic, value=r.value, key=r.key, headers=list(headers), on_delivery=delivered
-                    )
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain, then go on
-                    self.producer.poll(0.1)
+            produce_with_room(
+                self.producer, topic, r.value, r.key, headers=list(headers), on_delivery=delivered
+            )
         remaining = self.producer.flush(_DLQ_FLUSH_TIMEOUT_S)
         if remaining or failures:
             detail = (
@@ -521,7 +515,7 @@ class Worker:
             # seed them from the loop once PostgreSQL answers.
             log.warning(
                 "cannot read stored offsets (%s); partitions wait",
-                _one_line(exc),
+                one_line(exc),
                 extra={"action": "seed_wait"},
             )
             consumer.incremental_assign([TopicPartition(t, p, OFFSET_INVALID) for t, p in tps])
@@ -546,7 +540,7 @@ class Worker:
                 self.consumer.seek(TopicPartition(t, p, offset))
         except (psycopg.Error, KafkaException) as exc:
             self.seed_retry_at = time.monotonic() + self.backoff.next_delay()
-            log.warning("stored offsets still unavailable: %s", _one_line(exc), extra={"action": "seed_wait"})
+            log.warning("stored offsets still unavailable: %s", one_line(exc), extra={"action": "seed_wait"})
             return
         self.unseeded.clear()
         self.expected.update(offsets)
@@ -617,58 +611,35 @@ class Worker:
         self.writer.close()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
-
-
 # --- process entry point ---
 
 
-def _wait_for_database(writer: Writer, settings: Settings, stop: threading.Event, health: Health) -> bool:
-    """Connect, check (or migrate) the schema; retry an unreachable server with backoff until `stop`."""
+def _wait_for_database(
+    writer: Writer, settings: Settings, stop: threading.Event, health: Health
+) -> str | None:
+    """Connect, check (or migrate) the schema and return its version; retry an unreachable server with
+    backoff until `stop` (None)."""
     backoff = Backoff(settings.retry_initial_ms / 1000, settings.retry_max_ms / 1000)
     while not stop.is_set():
         health.beat()
         try:
-            conn = writer.connection()
-            if settings.migrate_on_start:
-                migrate(conn)
-            ensure_ready(conn)
+            version = check_schema(writer.connection(), settings.migrate_on_start)
             health.set_ready_part("postgres", True)
             health.set_ready_part("schema", True)
-            return True
+            return version
         except (SchemaNotReady, MigrationError):
             raise
         except psycopg.OperationalError as exc:
             delay = backoff.next_delay()
-            health.set_ready_part("postgres", False, _one_line(exc))
+            health.set_ready_part("postgres", False, one_line(exc))
             log.warning(
                 "PostgreSQL unreachable (%s); retrying in %.1f s",
-                _one_line(exc),
+                one_line(exc),
                 delay,
                 extra={"action": "connect_retry"},
             )
             stop.wait(delay)
-    return False
-
-
-def _schema_version(writer: Writer) -> str:
-    applied = [s.version for s in status(writer.connection()) if s.state == "applied"]
-    return str(max(applied)) if applied else "0"
-
-
-def _install_signals(stop: threading.Event, on_first: Callable[[], None]) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting at once")
-            os._exit(130)
-        log.info("signal %s: finishing the current batch", signal.Signals(signum).name)
-        stop.set()
-        on_first()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    return None
 
 
 def run(settings: Settings) -> int:
@@ -704,7 +675,7 @@ def run(settings: Settings) -> int:
         timer.start()
         grace_timer.append(timer)
 
-    _install_signals(stop, start_grace)
+    previous_handlers = install_signals(stop, start_grace, finishing="batch")
     health = Health(liveness_timeout_s=settings.liveness_timeout_ms / 1000)
     for part in ("postgres", "schema", "group", "backoff"):
         health.set_ready_part(part, part == "backoff", "not yet")
@@ -718,7 +689,8 @@ def run(settings: Settings) -> int:
             server = MetricsServer(registry, health, settings.metrics_host, port)
             server.start()
         try:
-            if not _wait_for_database(writer, settings, stop, health):
+            schema_version = _wait_for_database(writer, settings, stop, health)
+            if schema_version is None:
                 return 0
         except SchemaNotReady as exc:
             log.error("%s", exc)
@@ -726,7 +698,7 @@ def run(settings: Settings) -> int:
         except MigrationError as exc:
             log.error("migrations: %s", exc)
             return 6
-        metrics = WorkerMetrics(registry, version=package_version(), schema_version=_schema_version(writer))
+        metrics = WorkerMetrics(registry, version=package_version(), schema_version=schema_version)
         consumer_conf["logger"] = client_logger("consumer")
         consumer_conf["error_cb"] = _log_client_error
         producer_conf.setdefault("message.timeout.ms", str(int(_DLQ_FLUSH_TIMEOUT_S * 1000)))
@@ -761,6 +733,7 @@ def run(settings: Settings) -> int:
         if server is not None:
             server.stop()
         writer.close()
+        restore_signals(previous_handlers)
 
 
 def _log_client_error(error: KafkaError) -> None:

@@ -381,23 +381,24 @@ def _produce_all(
     """Hand messages to librdkafka until done or a delivery fails; returns how many were never handed over."""
     from confluent_kafka import KafkaException
 
+    from consumer.kafka import produce_with_room
+
+    def waited() -> None:
+        if progress is not None:
+            progress.update(tally.sent)
+
     for index, message in enumerate(messages):
-        while True:
-            if tally.failed:
-                return len(messages) - index
-            try:
-                producer.produce(topic, message.value, message.key, on_delivery=tally.on_delivery)
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports (freeing room) and try again.
-                producer.poll(0.1)
-                if progress is not None:
-                    progress.update(tally.sent)
-            except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
-                tally.failed += 1
-                if tally.first_error is None:
-                    tally.first_error = f"line {message.line}: {_error_text(exc)}"
-                return len(messages) - index - 1
+        if tally.failed:
+            return len(messages) - index
+        try:
+            produce_with_room(
+                producer, topic, message.value, message.key, on_delivery=tally.on_delivery, on_wait=waited
+            )
+        except KafkaException as exc:  # refused locally, e.g. larger than message.max.bytes
+            tally.failed += 1
+            if tally.first_error is None:
+                tally.first_error = f"line {message.line}: {_error_text(exc)}"
+            return len(messages) - index - 1
         producer.poll(0)
         if progress is not None:
             progress.update(tally.sent)

@@ -25,7 +25,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from helpers import wait_until
 
-from consumer.kafka import producer_config
+from consumer.kafka import produce_with_room, producer_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,12 +182,7 @@ def produce(bootstrap: str, topic: str, messages: Iterable[Message]) -> int:
 
     n = 0
     for m in messages:
-        while True:
-            try:
-                producer.produce(topic, value=m.value, key=m.key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_with_room(producer, topic, m.value, m.key, on_delivery=delivered)
         n += 1
     assert producer.flush(30) == 0, "messages not delivered"
     assert not failures, failures
