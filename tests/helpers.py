@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +18,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 __all__ = [
+    "CliProcess",
     "Conn",
     "Movement",
     "connect_as",
@@ -122,3 +128,63 @@ def recorded_movement(
 ) -> Movement:
     """A movement carrying its recorder, as ``register_post`` and ``register_apply`` take it."""
     return {"recorder": recorder, **movement(period, warehouse, product, quantity, amount)}
+
+
+# ---- the `accumulator` CLI as a child process ------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CliProcess:
+    """`python -m consumer <command>` as a subprocess, output in `log_path`, stopped by its PID only.
+
+    The environment is this process's without any ACCUMULATOR_* variable, plus `env`.
+    """
+
+    def __init__(self, command: str, log_path: Path, env: Mapping[str, str]) -> None:
+        self.log_path = log_path
+        base = {k: v for k, v in os.environ.items() if not k.startswith("ACCUMULATOR_")}
+        base.update({"PYTHONUNBUFFERED": "1", **env})
+        self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", command],
+            cwd=REPO,
+            env=base,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, within: float) -> int:
+        try:
+            return self.proc.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.pid} still running after {within}s\n{self.log()[-3000:]}") from None
+
+    def stop(self, within: float = 30.0) -> int:
+        self.signal(signal.SIGTERM)
+        return self.wait(within)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        """Whatever state it is in: gone afterwards (SIGKILL past a short grace)."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()

@@ -8,11 +8,7 @@ with what must come of it: the movements each recorder ends with and the dead le
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,11 +19,9 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
-from helpers import wait_until
+from helpers import CliProcess, wait_until
 
 from consumer.kafka import produce_with_room, producer_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 # The register every script writes to: two dimensions, two resources.
 REGISTER_DIMENSIONS = {"warehouse": "integer", "product": "text"}
@@ -303,8 +297,8 @@ def assert_matches(script: Script, dsn: str) -> None:
     assert verify_problems(dsn, script.register) == []
 
 
-class WorkerProcess:
-    """`python -m consumer consume` as a subprocess; output to `log_path`; stopped by PID."""
+class WorkerProcess(CliProcess):
+    """`accumulator consume` on one topic and group, with short batch waits and retries."""
 
     def __init__(
         self,
@@ -316,69 +310,19 @@ class WorkerProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.log_path = log_path
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ACCUMULATOR_")}
-        base.update(
-            {
-                "ACCUMULATOR_DSN": dsn,
-                "ACCUMULATOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                "ACCUMULATOR_KAFKA_TOPICS": topic,
-                "ACCUMULATOR_KAFKA_GROUP_ID": group,
-                "ACCUMULATOR_KAFKA_CLIENT_ID": f"{group}-{log_path.stem}",
-                "ACCUMULATOR_METRICS_PORT": "0",
-                "ACCUMULATOR_BATCH_MAX_WAIT_MS": "50",
-                "ACCUMULATOR_RETRY_INITIAL_MS": "100",
-                "ACCUMULATOR_RETRY_MAX_MS": "1000",
-                "ACCUMULATOR_LOG_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        base.update(env or {})
-        self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "consume"],
-            cwd=REPO,
-            env=base,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def wait(self, within: float) -> int:
-        try:
-            return self.proc.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {self.pid} still running after {within}s\n{self.log()[-3000:]}"
-            ) from None
-
-    def stop(self, within: float = 30.0) -> int:
-        self.signal(signal.SIGTERM)
-        return self.wait(within)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        """Whatever state it is in: gone afterwards (SIGKILL past a short grace)."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+        settings = {
+            "ACCUMULATOR_DSN": dsn,
+            "ACCUMULATOR_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "ACCUMULATOR_KAFKA_TOPICS": topic,
+            "ACCUMULATOR_KAFKA_GROUP_ID": group,
+            "ACCUMULATOR_KAFKA_CLIENT_ID": f"{group}-{log_path.stem}",
+            "ACCUMULATOR_METRICS_PORT": "0",
+            "ACCUMULATOR_BATCH_MAX_WAIT_MS": "50",
+            "ACCUMULATOR_RETRY_INITIAL_MS": "100",
+            "ACCUMULATOR_RETRY_MAX_MS": "1000",
+            "ACCUMULATOR_LOG_LEVEL": "INFO",
+        }
+        super().__init__("consume", log_path, {**settings, **(env or {})})
 
 
 @dataclass

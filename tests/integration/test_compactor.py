@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import dsn_as, wait_until
+from helpers import REPO, CliProcess, dsn_as, wait_until
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,7 +36,6 @@ from registers.migrate import migrate
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DIMS = {"warehouse": "integer", "product": "integer"}
 RES = {"qty": "numeric(18,2)"}
 Key = tuple[int, int]
@@ -229,33 +228,14 @@ def in_process() -> Iterator[list[InProcess]]:
         c.thread.join(15)
 
 
-class Proc:
-    """`python -m consumer compact` as a subprocess, output in `log_path`, stopped by its PID only."""
+class Proc(CliProcess):
+    """`accumulator compact` with the FAST intervals, metrics on `port`."""
 
     def __init__(self, dsn: str, log_path: Path, port: int, env: Mapping[str, str]) -> None:
         self.port = port
-        self.log_path = log_path
-        base = {k: v for k, v in os.environ.items() if not k.startswith("ACCUMULATOR_")}
-        base.update({f"ACCUMULATOR_{k.upper()}": str(v) for k, v in FAST.items()})
-        base.update(
-            {
-                "ACCUMULATOR_DSN": dsn,
-                "ACCUMULATOR_METRICS_PORT": str(port),
-                "PYTHONUNBUFFERED": "1",
-                **env,
-            }
-        )
-        self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "compact"],
-            cwd=REPO,
-            env=base,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        settings = {f"ACCUMULATOR_{k.upper()}": str(v) for k, v in FAST.items()}
+        settings.update({"ACCUMULATOR_DSN": dsn, "ACCUMULATOR_METRICS_PORT": str(port), **env})
+        super().__init__("compact", log_path, settings)
 
     def metric(self, name: str, **labels: str) -> float | None:
         return metric(self.port, name, **labels)
@@ -265,29 +245,6 @@ class Proc:
 
     def stands_by(self) -> bool:
         return self.metric("accumulator_leader", role="standby") == 1.0
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def wait(self, within: float) -> int:
-        try:
-            return self.proc.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"compactor {self.proc.pid} still running after {within}s\n{self.log()}"
-            ) from None
-
-    def close(self) -> None:
-        """Whatever state it is in: gone afterwards (SIGKILL past a short grace)."""
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture
