@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import Conn, create_register, dsn_as, one, wait_until
+from helpers import Conn, create_register, dsn_as, movement, one, wait_until
 from psycopg.pq import TransactionStatus
 
 from consumer.batching import Plan, Record, TopicPartition, plan
@@ -38,13 +38,7 @@ def line(
     period: str = "2026-04-18", warehouse: Any = 1, product: str = "p", quantity: Any = "1", amount: Any = 0
 ) -> Cmd:
     """One movement of `inv`; values are JSON as a producer would write them."""
-    return {
-        "period": period,
-        "warehouse": warehouse,
-        "product": product,
-        "quantity": quantity,
-        "amount": amount,
-    }
+    return movement(period, warehouse, product, quantity, amount)
 
 
 def post(recorder: str, *lines: Cmd, register: str = "inv", id: str | None = None) -> Cmd:
