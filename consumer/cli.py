@@ -261,6 +261,13 @@ class Output:
         if text:
             print(text, file=self.stream)
 
+    def result(self, value: Any, text: str) -> None:
+        """A command's result: `value` as JSON, or the sentence `text`."""
+        if self.json:
+            self.data(value)
+        else:
+            self.text(text)
+
     def rows(self, rows: Sequence[Mapping[str, Any]], empty: str) -> None:
         """Rows as JSON, or as a table; `empty` says so in text mode when there are none."""
         if self.json:
@@ -1047,20 +1054,14 @@ def cmd_register_alter(ctx: Context, args: argparse.Namespace) -> int:
             add_resources=add_resources or None,
             high_write=args.high_write,
         )
-    if ctx.out.json:
-        ctx.out.data({"register": args.name, "altered": True})
-    else:
-        ctx.out.text(f"altered register {args.name}")
+    ctx.out.result({"register": args.name, "altered": True}, f"altered register {args.name}")
     return EXIT_OK
 
 
 def cmd_register_drop(ctx: Context, args: argparse.Namespace) -> int:
     with ctx.client() as client:
         client.drop_register(args.name, force=args.force)
-    if ctx.out.json:
-        ctx.out.data({"register": args.name, "dropped": True})
-    else:
-        ctx.out.text(f"dropped register {args.name}")
+    ctx.out.result({"register": args.name, "dropped": True}, f"dropped register {args.name}")
     return EXIT_OK
 
 
@@ -1128,10 +1129,10 @@ def _loads(text: str) -> Any:
 
 
 def _print_count(ctx: Context, verb: str, register: str, recorder: str, count: int) -> None:
-    if ctx.out.json:
-        ctx.out.data({"register": register, "recorder": recorder, verb: count})
-    else:
-        ctx.out.text(f"{verb} {count} movement(s): {register} {recorder}")
+    ctx.out.result(
+        {"register": register, "recorder": recorder, verb: count},
+        f"{verb} {count} movement(s): {register} {recorder}",
+    )
 
 
 def cmd_post(ctx: Context, args: argparse.Namespace) -> int:
@@ -1226,11 +1227,11 @@ def cmd_rebuild(ctx: Context, args: argparse.Namespace) -> int:
             # Without flags: everything the register has (a turnover register has no cache).
             cache = plain(client.register_info(args.register)).get("kind") != "turnover"
         written = client.rebuild(args.register, totals=totals, cache=cache)
-    if ctx.out.json:
-        ctx.out.data({"register": args.register, "totals": totals, "cache": cache, "rows_written": written})
-    else:
-        parts = [p for p, on in (("totals", totals), ("cache", cache)) if on]
-        ctx.out.text(f"rebuilt {' and '.join(parts)} of {args.register} ({written} rows written)")
+    parts = [p for p, on in (("totals", totals), ("cache", cache)) if on]
+    ctx.out.result(
+        {"register": args.register, "totals": totals, "cache": cache, "rows_written": written},
+        f"rebuilt {' and '.join(parts)} of {args.register} ({written} rows written)",
+    )
     return EXIT_OK
 
 
@@ -1240,10 +1241,9 @@ def cmd_merge(ctx: Context, args: argparse.Namespace) -> int:
             args.register, max_rows=args.max_rows, min_age=timedelta(milliseconds=args.min_age_ms)
         )
     target = args.register or "all high-write registers"
-    if ctx.out.json:
-        ctx.out.data({"register": args.register, "merged_rows": consumed})
-    else:
-        ctx.out.text(f"merged {consumed} delta row(s): {target}")
+    ctx.out.result(
+        {"register": args.register, "merged_rows": consumed}, f"merged {consumed} delta row(s): {target}"
+    )
     return EXIT_OK
 
 
